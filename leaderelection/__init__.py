@@ -1,0 +1,52 @@
+"""Asyncio leader election on Redis or Valkey: exactly one leader, fencing tokens, fast handoff.
+
+Quick start::
+
+    from leaderelection import ElectionConfig, LeaderElection
+
+    config = ElectionConfig(name="billing")
+    async with LeaderElection("redis://localhost:6379/0", config) as election:
+        if election.is_leader:
+            ...
+
+See the README and ``docs/`` for the guarantees and their limits.
+"""
+
+from ._callbacks import ErrorHandler
+from ._clock import Clock, MonotonicClock
+from ._config import ElectionConfig, parse_duration
+from ._election import ElectionStatistics, LeaderElection
+from ._exceptions import (
+    ConfigurationError,
+    CorruptLeaderInfoError,
+    ElectionNotRunningError,
+    LeaderElectionError,
+    StoreAuthenticationError,
+    StoreError,
+    StoreReadOnlyError,
+    StoreUnavailableError,
+    WrongKeyTypeError,
+)
+from ._info import LeaderInfo
+
+__all__ = [
+    "Clock",
+    "ConfigurationError",
+    "CorruptLeaderInfoError",
+    "ElectionConfig",
+    "ElectionNotRunningError",
+    "ElectionStatistics",
+    "ErrorHandler",
+    "LeaderElection",
+    "LeaderElectionError",
+    "LeaderInfo",
+    "MonotonicClock",
+    "StoreAuthenticationError",
+    "StoreError",
+    "StoreReadOnlyError",
+    "StoreUnavailableError",
+    "WrongKeyTypeError",
+    "parse_duration",
+]
+
+__version__ = "0.1.0"

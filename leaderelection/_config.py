@@ -1,0 +1,256 @@
+"""ElectionConfig: the timings, identity and keys of one election, validated once.
+
+Durations accept numbers (seconds), :class:`datetime.timedelta`, and strings in the style of Go's
+``time.ParseDuration`` (``"500ms"``, ``"10s"``, ``"1m30s"``, ``"1.5h"``), and are stored as
+``timedelta``. The cross-field rule is client-go's: ``heartbeat_interval < renew_deadline <
+lock_ttl``, so that a leader steps down locally before its lease can expire in Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import socket
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Annotated, Any, ClassVar, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from redis.crc import key_slot
+
+from ._exceptions import ConfigurationError
+
+__all__ = ["ElectionConfig", "parse_duration"]
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+
+
+def parse_duration(value: object) -> timedelta:
+    """Convert a number of seconds, a timedelta or a string such as ``"1m30s"`` to a timedelta.
+
+    Args:
+        value: ``int``/``float`` seconds, a ``timedelta``, or a string made of one or more
+            ``<number><unit>`` parts with units ``ns``, ``us``, ``ms``, ``s``, ``m``, ``h``; a bare
+            number string means seconds.
+
+    Returns:
+        The duration, always greater than zero.
+
+    Raises:
+        ValueError: the value is not a duration or is not positive.
+    """
+    if isinstance(value, bool):
+        raise ValueError(
+            "expected a duration such as 10, 2.5, '500ms', '10s' or '1m30s', not a bool"
+        )
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if _NUMBER.fullmatch(text):
+            seconds = float(text)
+        else:
+            pos, seconds = 0, 0.0
+            for match in _PART.finditer(text):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNITS[match.group(2)]
+                pos = match.end()
+            if pos != len(text) or not text:
+                raise ValueError(
+                    f"cannot read {value!r} as a duration: use seconds (10, 2.5) or units such as "
+                    "'500ms', '10s', '1m30s', '1h'"
+                )
+    else:
+        raise ValueError(
+            f"expected a duration (seconds, timedelta or '10s'), got {type(value).__name__}"
+        )
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be positive and finite, got {value!r}")
+    if seconds < 0.001:
+        raise ValueError(f"a duration must be at least 1ms, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+_ENV = {
+    "lock_ttl": "LEADER_ELECTION_LOCK_TTL",
+    "heartbeat_interval": "LEADER_ELECTION_HEARTBEAT_INTERVAL",
+    "retry_interval": "LEADER_ELECTION_RETRY_INTERVAL",
+    "renew_deadline": "LEADER_ELECTION_RENEW_DEADLINE",
+    "instance_id": "LEADER_ELECTION_INSTANCE_ID",
+    "hostname": "LEADER_ELECTION_HOSTNAME",
+    "name": "LEADER_ELECTION_NAME",
+    "key_prefix": "LEADER_ELECTION_KEY_PREFIX",
+}
+
+
+def _hash_tag(key: str) -> str | None:
+    """The Redis Cluster hash tag of ``key`` (the text inside its first ``{...}``), if any."""
+    start = key.find("{")
+    if start == -1:
+        return None
+    end = key.find("}", start + 1)
+    if end == -1 or end == start + 1:
+        return None
+    return key[start + 1 : end]
+
+
+def _sibling(key: str, suffix: str) -> str:
+    """A key in the cluster slot of ``key``: ``key + suffix``, hash-tagging ``key`` if needed."""
+    return key + suffix if _hash_tag(key) is not None else "{" + key + "}" + suffix
+
+
+class ElectionConfig(BaseModel):
+    """The settings of one election. Frozen; invalid input raises :class:`ConfigurationError`.
+
+    One config can serve many candidates: with ``instance_id=None`` every ``LeaderElection`` makes
+    its own ``hostname-pid-random`` id, so several uvicorn workers on one host stay distinct.
+
+    Attributes:
+        name: The election's name; candidates with the same name (and keys) compete. Default
+            ``"default"``. Env ``LEADER_ELECTION_NAME``.
+        key_prefix: Prefix of the default keys. Default ``"leaderelection"``, giving
+            ``leaderelection:{<name>}:lock`` and ``...:info``. Env ``LEADER_ELECTION_KEY_PREFIX``.
+        lock_key: The lock key (the Go package's ``RedisKeyName``). Default derived from
+            ``key_prefix`` and ``name``; always reads as the resolved key.
+        info_key: The leader-info key (``RedisInfoKeyName``). Default: the lock key's sibling.
+        lock_ttl: Lease length in Redis. Default 10s. Env ``LEADER_ELECTION_LOCK_TTL``.
+        heartbeat_interval: How often the leader renews. Default 3s.
+            Env ``LEADER_ELECTION_HEARTBEAT_INTERVAL``.
+        retry_interval: Base of the backoff after Redis errors, and how long ``resign()`` holds
+            this instance back. Default 2s. Env ``LEADER_ELECTION_RETRY_INTERVAL``.
+        renew_deadline: A leader that has not renewed successfully within this time of sending
+            its last successful renewal steps down locally. Default 2/3 of ``lock_ttl``.
+            Env ``LEADER_ELECTION_RENEW_DEADLINE``.
+        instance_id: This candidate's id. Default None: each election makes
+            ``hostname-pid-random``. Env ``LEADER_ELECTION_INSTANCE_ID``.
+        hostname: Reported in LeaderInfo. Default the machine's hostname.
+            Env ``LEADER_ELECTION_HOSTNAME``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    ENV_NAMES: ClassVar[Mapping[str, str]] = _ENV
+
+    name: str = Field(default="default", min_length=1, max_length=200)
+    key_prefix: str = Field(default="leaderelection", min_length=1, max_length=200)
+    lock_key: str = Field(default="", max_length=512)
+    info_key: str = Field(default="", max_length=512)
+    lock_ttl: Duration = timedelta(seconds=10)
+    heartbeat_interval: Duration = timedelta(seconds=3)
+    retry_interval: Duration = timedelta(seconds=2)
+    renew_deadline: Duration = timedelta(seconds=10) * 2 / 3
+    instance_id: str | None = Field(default=None, min_length=1, max_length=200)
+    hostname: str = Field(default_factory=socket.gethostname, min_length=1, max_length=255)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from exc
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        name = data.get("name", "default")
+        prefix = data.get("key_prefix", "leaderelection")
+        if isinstance(name, str) and ("{" in name or "}" in name):
+            raise ValueError("name must not contain '{' or '}': it becomes the keys' hash tag")
+        if data.get("renew_deadline") is None:
+            data.pop("renew_deadline", None)
+            with contextlib.suppress(ValueError):  # lock_ttl's own error is the one to report
+                data["renew_deadline"] = parse_duration(data.get("lock_ttl", 10)) * 2 / 3
+        if not data.get("lock_key"):
+            data["lock_key"] = f"{prefix}:{{{name}}}:lock"
+            if not data.get("info_key"):
+                data["info_key"] = f"{prefix}:{{{name}}}:info"
+        elif not data.get("info_key"):
+            data["info_key"] = _sibling(str(data["lock_key"]), ":info")
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        deadline = self.renew_deadline
+        if not self.heartbeat_interval < deadline < self.lock_ttl:
+            raise ValueError(
+                "timings must satisfy heartbeat_interval < renew_deadline < lock_ttl, got "
+                f"heartbeat_interval={_fmt(self.heartbeat_interval)}, "
+                f"renew_deadline={_fmt(deadline)}, lock_ttl={_fmt(self.lock_ttl)}: a leader must "
+                "renew several times before it gives up, and give up before its lease expires"
+            )
+        keys = {"lock_key": self.lock_key, "info_key": self.info_key, "fence_key": self.fence_key}
+        if len(set(keys.values())) != len(keys):
+            raise ValueError(f"lock_key, info_key and the fence key must differ, got {keys}")
+        slots = {name: key_slot(key.encode()) for name, key in keys.items()}
+        if len(set(slots.values())) != 1:
+            raise ValueError(
+                f"the keys of one election must share a Redis Cluster hash slot, got {keys}: put "
+                "the same hash tag in both, e.g. lock_key='myapp:{leader}:lock', "
+                "info_key='myapp:{leader}:info'"
+            )
+        return self
+
+    @property
+    def fence_key(self) -> str:
+        """The key holding the fencing-token counter (never expires)."""
+        default_lock = f"{self.key_prefix}:{{{self.name}}}:lock"
+        if self.lock_key == default_lock:
+            return f"{self.key_prefix}:{{{self.name}}}:fence"
+        return _sibling(self.lock_key, ":fence")
+
+    @property
+    def release_channel(self) -> str:
+        """The pub/sub channel on which releases are announced to waiting followers."""
+        return self.fence_key.removesuffix(":fence") + ":released"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ElectionConfig:
+        """Build a config from ``LEADER_ELECTION_*`` environment variables.
+
+        Args:
+            environ: The mapping to read; default ``os.environ``. Empty values are ignored.
+            **overrides: Fields that win over the environment.
+
+        Raises:
+            ConfigurationError: a variable holds an invalid value; the message names the variable.
+        """
+        env = os.environ if environ is None else environ
+        data: dict[str, Any] = {}
+        for field, var in _ENV.items():
+            value = env.get(var, "").strip()
+            if value:
+                data[field] = value
+        data.update(overrides)
+        try:
+            return cls(**data)
+        except ConfigurationError as exc:
+            names = ", ".join(
+                f"{f}={v}" for f, v in _ENV.items() if f in data and f not in overrides
+            )
+            raise ConfigurationError(f"{exc} (read from the environment: {names})") from exc
+
+
+def _fmt(value: timedelta) -> str:
+    return f"{value.total_seconds():g}s"
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in error["loc"]) or "config"
+        msg = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            msg = f"unknown field (valid fields: {', '.join(ElectionConfig.model_fields)})"
+        parts.append(f"{loc}: {msg} (got {error.get('input')!r})" if loc != "config" else msg)
+    return "invalid ElectionConfig: " + "; ".join(parts)

@@ -1,0 +1,271 @@
+"""The election as a pure state machine: no asyncio, no Redis, no clock of its own.
+
+Rule 1: everything that decides whether this instance is leader lives here. The I/O layer
+(``_election.py``) tells the core what happened (a store answer, with the monotonic time the call
+was sent and answered) and asks it what to do next (acquire at T, renew at T, step down at T).
+Every method takes ``now`` from one monotonic clock; the core never reads a clock itself, so tests
+drive it with plain numbers.
+
+The safety argument fits in three lines:
+
+* A term's lease in Redis starts no earlier than the moment the acquire (or renew) was *sent*, and
+  lasts ``lock_ttl``.
+* The core counts its own lease from that send time and lasts only ``renew_deadline`` <
+  ``lock_ttl``, so it ends locally before it can end in Redis, as long as the two clocks run at
+  roughly the same rate (the margin ``lock_ttl - renew_deadline`` absorbs drift and scheduling).
+* A term that ended never resumes: a late successful renewal cannot revive it. Leading again is a
+  new term, with a new token and a new fencing token.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from dataclasses import dataclass
+
+__all__ = [
+    "BecameLeader",
+    "ElectionCore",
+    "LossReason",
+    "LostLeadership",
+    "Phase",
+    "Term",
+    "Timings",
+    "Transition",
+]
+
+
+class Phase(enum.Enum):
+    """Where the election stands."""
+
+    FOLLOWER = "follower"
+    LEADER = "leader"
+    STOPPED = "stopped"
+
+
+class LossReason(enum.Enum):
+    """Why a term ended."""
+
+    RENEW_DEADLINE = "renew_deadline"  # no successful renewal within renew_deadline
+    LOCK_LOST = "lock_lost"  # the store says the lock is no longer ours
+    RESIGNED = "resigned"  # resign() was called
+    STOPPED = "stopped"  # stop() was called
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """The election's durations in seconds (see ElectionConfig)."""
+
+    lock_ttl: float
+    heartbeat_interval: float
+    retry_interval: float
+    renew_deadline: float
+
+    @property
+    def call_timeout(self) -> float:
+        """Deadline of an acquire or read: it must leave a fresh lease usable when it answers."""
+        return min(self.heartbeat_interval, self.renew_deadline - self.heartbeat_interval)
+
+    @property
+    def lock_ttl_ms(self) -> int:
+        """The lease length as Redis wants it."""
+        return max(1, round(self.lock_ttl * 1000))
+
+    @property
+    def restart_uptime_s(self) -> int:
+        """Server uptime (s) required before a term is granted when the fence key is missing.
+
+        INFO reports whole seconds and can read 1 a few ms after start, so ``uptime >
+        ceil(lock_ttl) + 1`` is the safe reading: any leader of the lost data set has stepped down.
+        """
+        return math.ceil(self.lock_ttl) + 2
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One period of leadership."""
+
+    number: int  # 1 for this instance's first term, 2 for its second, ...
+    token: str  # random value held in the lock for this term only
+    fencing_token: int  # from the store; strictly increasing across terms of the election
+    sent_at: float  # monotonic send time of the acquire that won it
+
+
+@dataclass(frozen=True, slots=True)
+class BecameLeader:
+    """A term began."""
+
+    term: Term
+
+
+@dataclass(frozen=True, slots=True)
+class LostLeadership:
+    """A term ended."""
+
+    term: Term
+    reason: LossReason
+
+
+Transition = BecameLeader | LostLeadership
+
+_HELD_JITTER = (0.0005, 0.003)  # seconds added to a holder's remaining lease before trying again
+
+
+class ElectionCore:
+    """The state of one candidate. Not thread-safe; one event loop drives it."""
+
+    def __init__(self, timings: Timings, *, rng: random.Random | None = None) -> None:
+        self.timings = timings
+        self._rng = rng or random.Random()
+        self.phase = Phase.FOLLOWER
+        self.term: Term | None = None
+        self.lease_deadline = 0.0  # while leader: local step-down time
+        self.next_renew_at = 0.0  # while leader: when to renew next
+        self.next_acquire_at = 0.0  # while follower: when to try to acquire next
+        self.held_back_until = 0.0  # after resign(): no attempts and no wake-ups before this
+        self.stale_token: str | None = None  # an acquire of ours with unknown outcome
+        self.errors = 0  # consecutive store errors
+        self.terms_won = 0
+
+    # ----------------------------------------------------------------------------- queries
+
+    def is_leader(self, now: float) -> bool:
+        """True while a term is held and its local lease has not run out."""
+        return self.phase is Phase.LEADER and now < self.lease_deadline
+
+    def renew_timeout(self, now: float) -> float:
+        """The deadline of a renewal sent at ``now``: what is left of the local lease."""
+        return self.lease_deadline - now
+
+    # ---------------------------------------------------------------------- follower inputs
+
+    def acquired(
+        self, *, sent_at: float, now: float, token: str, fencing_token: int
+    ) -> list[Transition]:
+        """The store granted the lock to an acquire sent at ``sent_at``."""
+        if self.phase is not Phase.FOLLOWER:
+            return []
+        self.errors = 0
+        self.stale_token = None
+        if now >= sent_at + self.timings.renew_deadline:
+            # Answered too late to lead safely; take it over on the next attempt.
+            self.stale_token = token
+            self.next_acquire_at = now
+            return []
+        self.terms_won += 1
+        self.term = Term(self.terms_won, token, fencing_token, sent_at)
+        self.phase = Phase.LEADER
+        self.lease_deadline = sent_at + self.timings.renew_deadline
+        self.next_renew_at = sent_at + self.timings.heartbeat_interval
+        return [BecameLeader(self.term)]
+
+    def held(self, *, now: float, remaining_ms: int) -> None:
+        """Someone else holds the lock; sleep until their lease can have expired."""
+        self.errors = 0
+        self.stale_token = None
+        if remaining_ms < 0:  # a lock without expiry (not ours): look again later
+            delay = self.timings.retry_interval
+        else:
+            delay = min(remaining_ms / 1000, self.timings.lock_ttl)
+        self.next_acquire_at = max(
+            now + delay + self._rng.uniform(*_HELD_JITTER), self.held_back_until
+        )
+
+    def held_back(self, *, now: float, wait_ms: int) -> None:
+        """Restart protection is holding elections back for ``wait_ms``."""
+        self.errors = 0
+        self.next_acquire_at = max(
+            now + wait_ms / 1000 + self._rng.uniform(0.0, 0.05), self.held_back_until
+        )
+
+    def acquire_failed(self, *, now: float, token: str) -> float:
+        """The acquire failed or its outcome is unknown; returns the backoff chosen."""
+        self.errors += 1
+        self.stale_token = token
+        delay = self.backoff()
+        self.next_acquire_at = max(now + delay, self.held_back_until)
+        return delay
+
+    def release_noticed(self, *, now: float) -> bool:
+        """A release was announced; returns True when an attempt is now due."""
+        if self.phase is not Phase.FOLLOWER or now < self.held_back_until:
+            return False
+        self.next_acquire_at = min(self.next_acquire_at, now)
+        return True
+
+    def backoff(self) -> float:
+        """Exponential backoff with jitter after ``errors`` consecutive store errors."""
+        t = self.timings
+        cap = max(t.retry_interval, t.lock_ttl)
+        base: float = min(t.retry_interval * 2.0 ** max(self.errors - 1, 0), cap)
+        return base * self._rng.uniform(0.5, 1.0)
+
+    # ------------------------------------------------------------------------ leader inputs
+
+    def renewed(self, *, token: str, sent_at: float, now: float) -> list[Transition]:
+        """The store extended the lease of the renewal sent at ``sent_at``."""
+        if not self._holds(token):
+            return []
+        if now >= self.lease_deadline:
+            return self._lose(now, LossReason.RENEW_DEADLINE)
+        self.errors = 0
+        self.lease_deadline = max(self.lease_deadline, sent_at + self.timings.renew_deadline)
+        self.next_renew_at = sent_at + self.timings.heartbeat_interval
+        return []
+
+    def renew_lost(self, *, token: str, now: float) -> list[Transition]:
+        """The store says the lock is no longer ours."""
+        if not self._holds(token):
+            return []
+        return self._lose(now, LossReason.LOCK_LOST)
+
+    def renew_failed(self, *, token: str, now: float) -> list[Transition]:
+        """A renewal failed or timed out: try again soon, step down if the deadline passed."""
+        if not self._holds(token):
+            return []
+        self.errors += 1
+        if now >= self.lease_deadline:
+            return self._lose(now, LossReason.RENEW_DEADLINE)
+        retry = min(self.timings.heartbeat_interval / 4, 0.05 * 2 ** min(self.errors, 6))
+        self.next_renew_at = min(now + retry, self.lease_deadline)
+        return []
+
+    def check(self, now: float) -> list[Transition]:
+        """Step down if the local lease ran out (the watchdog)."""
+        if self.phase is Phase.LEADER and now >= self.lease_deadline:
+            return self._lose(now, LossReason.RENEW_DEADLINE)
+        return []
+
+    # ---------------------------------------------------------------------- user commands
+
+    def resign(self, now: float) -> list[Transition]:
+        """End the term now and hold back for ``retry_interval`` so another can take over."""
+        self.held_back_until = now + self.timings.retry_interval
+        self.next_acquire_at = max(self.next_acquire_at, self.held_back_until)
+        if self.phase is not Phase.LEADER:
+            return []
+        return self._lose(now, LossReason.RESIGNED)
+
+    def stop(self, now: float) -> list[Transition]:
+        """End the term (if any) and stop campaigning for good."""
+        out = self._lose(now, LossReason.STOPPED) if self.phase is Phase.LEADER else []
+        self.phase = Phase.STOPPED
+        return out
+
+    # ----------------------------------------------------------------------------- helpers
+
+    def _holds(self, token: str) -> bool:
+        return self.phase is Phase.LEADER and self.term is not None and self.term.token == token
+
+    def _lose(self, now: float, reason: LossReason) -> list[Transition]:
+        term = self.term
+        assert term is not None
+        self.phase = Phase.FOLLOWER
+        self.lease_deadline = 0.0
+        if reason is LossReason.RENEW_DEADLINE:
+            # The lock may still hold our token (Redis unreachable); take it over when it answers.
+            self.stale_token = term.token
+        if reason not in (LossReason.RESIGNED, LossReason.STOPPED):
+            self.next_acquire_at = max(now, self.held_back_until)
+        return [LostLeadership(term, reason)]

@@ -1,0 +1,787 @@
+"""LeaderElection: the asyncio driver of the pure election core.
+
+It owns one anyio task group in a runner task. Its children are the campaign (retry) loop, the
+callback dispatcher, and per term a heartbeat loop with its deadline watchdog and the
+``while_leader`` tasks. The core decides; this module only sends the store calls it asks for,
+bounded by deadlines, sleeps through the clock it was given, and turns the core's transitions into
+events, logs and callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Literal, Self, TypeVar
+
+import anyio
+import redis as _redis_sync
+import redis.asyncio as aioredis
+
+from ._callbacks import Callback, CallbackList, ErrorHandler, LeaderTask, report
+from ._clock import Clock, MonotonicClock
+from ._config import ElectionConfig
+from ._core import (
+    BecameLeader,
+    ElectionCore,
+    LossReason,
+    LostLeadership,
+    Phase,
+    Term,
+    Timings,
+    Transition,
+)
+from ._exceptions import (
+    ConfigurationError,
+    ElectionNotRunningError,
+    LeaderElectionError,
+    StoreError,
+    StoreUnavailableError,
+)
+from ._info import LeaderInfo
+from ._store import Acquired, Held, RedisStore, ReleaseHub
+
+__all__ = ["ElectionStatistics", "LeaderElection"]
+
+logger = logging.getLogger("leaderelection")
+
+F = TypeVar("F", bound=Callable[..., Any])
+State = Literal["new", "starting", "running", "stopping", "stopped"]
+_STOP: Final = object()
+_RELEASE_TIMEOUT: Final = 1.0  # seconds; release is best effort, the lease expires anyway
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionStatistics:
+    """An immutable snapshot of one election, from ``LeaderElection.statistics()``.
+
+    Attributes:
+        state: ``"new"``, ``"follower"``, ``"leader"``, ``"held_back"`` (restart protection or
+            after ``resign()``), ``"stopping"`` or ``"stopped"``.
+        instance_id: This candidate's id.
+        is_leader: Whether this instance leads now.
+        fencing_token: The current term's fencing token, or None.
+        terms_won: Terms this instance has won.
+        transitions: Leadership changes (each won or lost term counts once).
+        leader_id: The leader this candidate last saw in the store (itself while leading).
+        acquire_attempts: Acquire round trips sent.
+        renewals: Successful renewals.
+        renew_failures: Renewals that failed or timed out.
+        last_renew_latency: Round trip of the last successful renewal, seconds.
+        store_errors: Store calls that failed (acquire, renew, release).
+        restart_protection: True while elections are held back after a Redis restart.
+    """
+
+    state: str
+    instance_id: str
+    is_leader: bool
+    fencing_token: int | None
+    terms_won: int
+    transitions: int
+    leader_id: str | None
+    acquire_attempts: int
+    renewals: int
+    renew_failures: int
+    last_renew_latency: float | None
+    store_errors: int
+    restart_protection: bool
+
+
+class _TermRun:
+    """What one term started: its heartbeat scope and its ``while_leader`` tasks."""
+
+    __slots__ = ("scope", "tasks", "term")
+
+    def __init__(self, term: Term) -> None:
+        self.term = term
+        self.scope = anyio.CancelScope()
+        self.tasks: list[tuple[anyio.CancelScope, asyncio.Event]] = []
+
+
+class LeaderElection:
+    """Elect one leader among the candidates of an election, with Redis as the lease store.
+
+    Use it as ``async with LeaderElection(redis, config) as election:``. Entering returns once the
+    first acquisition attempt has finished, so ``is_leader`` is meaningful at once. Leaving
+    releases leadership (followers are woken through the release channel) and waits for the
+    lose callbacks.
+
+    Args:
+        redis: A ``redis.asyncio.Redis`` (also from ``Sentinel.master_for``) or ``RedisCluster``
+            that the caller owns and the election never closes, or a ``redis://`` /
+            ``rediss://`` / ``unix://`` URL whose client the election creates and closes.
+        config: The election's settings; default ``ElectionConfig()``.
+        on_become_leader: A callback registered first, as with ``election.on_become_leader``.
+        on_lose_leadership: A callback registered first, as with ``election.on_lose_leadership``.
+        on_error: Called as ``on_error(exception, context)`` when a callback or ``while_leader``
+            task raises; the exception is logged either way.
+        clock: The monotonic clock to read and sleep through (for tests); default the real one.
+
+    Raises:
+        ConfigurationError: ``redis`` is neither an asyncio client nor a URL.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis | Any | str,
+        config: ElectionConfig | None = None,
+        *,
+        on_become_leader: Callback | None = None,
+        on_lose_leadership: Callback | None = None,
+        on_error: ErrorHandler | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if config is not None and not isinstance(config, ElectionConfig):
+            raise ConfigurationError(
+                f"config must be an ElectionConfig, got {type(config).__name__}"
+            )
+        self._config = config if config is not None else ElectionConfig()
+        self._url: str | None = None
+        self._client: Any = None
+        self._owns_client = False
+        if isinstance(redis, str):
+            self._url = redis
+            self._owns_client = True
+        elif isinstance(redis, _redis_sync.Redis):
+            raise ConfigurationError(
+                "LeaderElection needs an asyncio client: pass redis.asyncio.Redis(...), not "
+                "redis.Redis(...), or a redis:// URL"
+            )
+        elif callable(getattr(redis, "evalsha", None)):
+            self._client = redis
+        else:
+            raise ConfigurationError(
+                "redis must be a redis.asyncio.Redis or RedisCluster client or a redis:// URL, "
+                f"got {type(redis).__name__}"
+            )
+        cfg = self._config
+        self._instance_id = cfg.instance_id or (
+            f"{cfg.hostname}-{os.getpid()}-{secrets.token_hex(4)}"
+        )
+        self._timings = Timings(
+            lock_ttl=cfg.lock_ttl.total_seconds(),
+            heartbeat_interval=cfg.heartbeat_interval.total_seconds(),
+            retry_interval=cfg.retry_interval.total_seconds(),
+            renew_deadline=cfg.renew_deadline.total_seconds(),
+        )
+        self._core = ElectionCore(self._timings)
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._become = CallbackList("on_become_leader")
+        self._lose = CallbackList("on_lose_leadership")
+        self._leader_tasks: list[LeaderTask] = []
+        if on_become_leader is not None:
+            self._become.add(on_become_leader)
+        if on_lose_leadership is not None:
+            self._lose.add(on_lose_leadership)
+        self._on_error = on_error
+
+        self._state: State = "new"
+        self._store: RedisStore | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._term: _TermRun | None = None
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._leader_event = asyncio.Event()
+        self._follower_event = asyncio.Event()
+        self._follower_event.set()
+        self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._held_back = False
+        self._leader_id: str | None = None
+        self._stats = {"attempts": 0, "renewals": 0, "renew_failures": 0, "errors": 0, "moves": 0}
+        self._last_renew_latency: float | None = None
+        self._started_wall = _utcnow()
+
+    # --------------------------------------------------------------------- public reads
+
+    @property
+    def config(self) -> ElectionConfig:
+        """The election's configuration."""
+        return self._config
+
+    @property
+    def instance_id(self) -> str:
+        """This candidate's id (the config's, or ``hostname-pid-random``)."""
+        return self._instance_id
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this instance leads. Never blocks, never touches Redis.
+
+        Read against the monotonic clock: it turns False at the local lease deadline even if the
+        event loop was blocked and the watchdog has not run yet.
+        """
+        return self._core.is_leader(self._clock.now())
+
+    @property
+    def leader_event(self) -> asyncio.Event:
+        """An ``asyncio.Event`` set while this instance leads and cleared when a term ends."""
+        return self._leader_event
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The current term's fencing token while leader, else None.
+
+        Pass it to the resources the leader writes to: they can reject a write carrying a token
+        lower than one they have seen, which stops a paused former leader that ``is_leader``
+        cannot stop.
+        """
+        term = self._core.term
+        return term.fencing_token if term is not None and self.is_leader else None
+
+    def statistics(self) -> ElectionStatistics:
+        """An immutable snapshot of the election's state and counters."""
+        leading = self.is_leader
+        state: str
+        if self._state in ("new", "stopping", "stopped"):
+            state = self._state
+        elif leading:
+            state = "leader"
+        elif self._held_back or self._core.held_back_until > self._clock.now():
+            state = "held_back"
+        else:
+            state = "follower"
+        s = self._stats
+        return ElectionStatistics(
+            state=state,
+            instance_id=self._instance_id,
+            is_leader=leading,
+            fencing_token=self.fencing_token,
+            terms_won=self._core.terms_won,
+            transitions=s["moves"],
+            leader_id=self._instance_id if leading else self._leader_id,
+            acquire_attempts=s["attempts"],
+            renewals=s["renewals"],
+            renew_failures=s["renew_failures"],
+            last_renew_latency=self._last_renew_latency,
+            store_errors=s["errors"],
+            restart_protection=self._held_back,
+        )
+
+    async def get_leader_info(self) -> LeaderInfo | None:
+        """Read who leads from the store; None when no one does.
+
+        Raises:
+            StoreError: Redis failed or did not answer in time.
+            CorruptLeaderInfoError: the stored record is not valid LeaderInfo JSON.
+        """
+        return await self._get_store().read_info(timeout=self._timings.call_timeout)
+
+    async def get_leader_id(self) -> str | None:
+        """Read the leader's instance id from the store; None when no one leads."""
+        info = await self.get_leader_info()
+        return info.instance_id if info is not None else None
+
+    # ------------------------------------------------------------------------- waiting
+
+    async def wait_until_leader(self, timeout: float | None = None) -> None:
+        """Wait until this instance leads.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+            ElectionNotRunningError: the election is not running or stopped while waiting.
+        """
+        self._require_running()
+        async with asyncio.timeout(timeout):
+            while not self.is_leader:
+                await _wait_first(self._leader_event, self._stopped)
+                if self._stopped.is_set() or self._state in ("stopping", "stopped"):
+                    raise ElectionNotRunningError(
+                        "the election stopped while waiting for leadership"
+                    )
+
+    async def wait_until_follower(self, timeout: float | None = None) -> None:
+        """Wait until this instance does not lead (returns at once if it does not).
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        async with asyncio.timeout(timeout):
+            while self.is_leader:
+                await self._follower_event.wait()
+
+    # ----------------------------------------------------------------------- callbacks
+
+    def on_become_leader(self, callback: F) -> F:
+        """Register a zero-argument callback (sync or async) run when a term starts.
+
+        Usable as a decorator. Callbacks run in registration order, isolated from each other.
+        """
+        self._become.add(callback)
+        return callback
+
+    def on_lose_leadership(self, callback: F) -> F:
+        """Register a zero-argument callback (sync or async) run when a term ends.
+
+        It runs only after the term's become callbacks finished and its ``while_leader`` tasks were
+        cancelled; every become is followed by exactly one lose unless the process dies.
+        """
+        self._lose.add(callback)
+        return callback
+
+    def while_leader(self, func: F) -> F:
+        """Register an async function run as a task for the length of every term.
+
+        The task starts when a term starts (at once, if registered during a term) and is
+        cancelled when the term ends, before the lose callbacks run. An exception ends the task
+        for this term and is reported like a callback's.
+        """
+        if not callable(func):
+            raise TypeError(f"while_leader needs an async function, got {func!r}")
+        self._leader_tasks.append(func)
+        if self._term is not None and self._tg is not None:
+            self._start_leader_task(func, self._term)
+        return func
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start campaigning; return once the first acquisition attempt has finished.
+
+        Raises:
+            ConfigurationError: the URL is unusable.
+            StoreAuthenticationError: Redis refused the credentials or permissions.
+            StoreReadOnlyError: the server is a read-only replica.
+            WrongKeyTypeError: an election key holds another type.
+            StoreError: Redis answered another permanent error.
+            LeaderElectionError: the election was already started.
+
+        A Redis that is down or slow is not an error here: the election logs it and keeps trying
+        in the background while ``is_leader`` stays False.
+        """
+        if self._state != "new":
+            raise LeaderElectionError(
+                f"this election was already started (state {self._state}); create a new "
+                "LeaderElection to campaign again"
+            )
+        self._state = "starting"
+        try:
+            store = self._get_store()
+        except BaseException:
+            self._state = "stopped"
+            self._stopped.set()
+            raise
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._runner = loop.create_task(
+            self._run(store, ready), name=f"leaderelection:{self._config.name}:{self._instance_id}"
+        )
+        try:
+            await asyncio.shield(ready)
+        except BaseException:
+            if not ready.done():
+                self._runner.cancel()
+            with contextlib.suppress(BaseException):
+                await self._runner
+            raise
+
+    async def stop(self) -> None:
+        """Stop campaigning; release leadership if held. Idempotent.
+
+        Ends the term locally first (``is_leader`` False, ``while_leader`` tasks cancelled),
+        then releases the lock, waking a follower at once, then waits for the lose callbacks.
+        Bounded even when Redis is gone: the release has a deadline of its own.
+        """
+        if self._runner is None:
+            if self._state != "stopped":
+                self._state = "stopped"
+                self._stopped.set()
+                await self._close_client()
+            return
+        self._stop_requested.set()
+        await asyncio.shield(self._runner)
+
+    async def resign(self) -> None:
+        """Hand leadership over now and stay a candidate.
+
+        Ends the term (lose callbacks follow), releases the lock so a follower takes over within
+        milliseconds, and holds this instance back for at least ``retry_interval``. Does
+        nothing when this instance does not lead.
+
+        Raises:
+            ElectionNotRunningError: the election is not running.
+        """
+        self._require_running()
+        run = self._term
+        transitions = self._core.resign(self._clock.now())
+        if not transitions or run is None:
+            return
+        self._apply(transitions)
+        await self._finish_leader_tasks(run)
+        await self._release(run.term.token, voluntary=True)
+
+    # ------------------------------------------------------------------------ internals
+
+    def _require_running(self) -> None:
+        if self._state not in ("starting", "running"):
+            raise ElectionNotRunningError(
+                f"the election is {self._state}: use `async with LeaderElection(...)` or "
+                "`await election.start()` first"
+            )
+
+    def _get_store(self) -> RedisStore:
+        if self._store is None:
+            if self._client is None:
+                assert self._url is not None
+                self._client = _client_from_url(self._url, self._timings.call_timeout)
+            cfg = self._config
+            self._store = RedisStore(
+                self._client,
+                lock_key=cfg.lock_key,
+                info_key=cfg.info_key,
+                fence_key=cfg.fence_key,
+                channel=cfg.release_channel,
+            )
+        return self._store
+
+    async def _close_client(self) -> None:
+        if self._owns_client and self._client is not None:
+            client, self._client, self._store = self._client, None, None
+            closer = getattr(client, "aclose", None) or client.close
+            with contextlib.suppress(Exception):
+                await closer()
+
+    async def _run(self, store: RedisStore, ready: asyncio.Future[None]) -> None:
+        hub = ReleaseHub.for_client(store.client)
+        channel = store.channel
+        try:
+            if hub is not None:
+                await hub.add(channel, self._on_release)
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                try:
+                    await self._attempt(store, first=True)
+                except StoreError as exc:
+                    ready.set_exception(exc)
+                    return
+                self._state = "running"
+                ready.set_result(None)
+                dispatcher_done = asyncio.Event()
+                campaign = anyio.CancelScope()
+                tg.start_soon(self._dispatch, dispatcher_done)
+                tg.start_soon(self._campaign, store, campaign)
+                await self._stop_requested.wait()
+                await self._shutdown(campaign, dispatcher_done)
+                tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            if hub is not None:
+                await hub.remove(channel, self._on_release)
+            self._state = "stopped"
+            self._leader_event.clear()
+            self._follower_event.set()
+            self._stopped.set()
+            await self._close_client()
+            if not ready.done():
+                ready.set_exception(ElectionNotRunningError("the election was cancelled"))
+
+    async def _shutdown(self, campaign: anyio.CancelScope, dispatcher_done: asyncio.Event) -> None:
+        self._state = "stopping"
+        campaign.cancel()
+        run = self._term
+        stale = self._core.stale_token
+        self._apply(self._core.stop(self._clock.now()))
+        if run is not None:
+            await self._finish_leader_tasks(run)
+            await self._release(run.term.token, voluntary=True)
+        elif stale is not None:
+            await self._release(stale, voluntary=False)
+        self._queue.put_nowait(_STOP)
+        await dispatcher_done.wait()
+
+    async def _attempt(self, store: RedisStore, *, first: bool = False) -> None:
+        core, clock = self._core, self._clock
+        token = secrets.token_hex(16)
+        sent = clock.now()
+        self._stats["attempts"] += 1
+        try:
+            result = await store.acquire(
+                token,
+                self._info_json(None, sent_wall=_utcnow()),
+                self._timings.lock_ttl_ms,
+                stale_token=core.stale_token,
+                min_uptime_s=self._timings.restart_uptime_s,
+                timeout=self._timings.call_timeout,
+            )
+        except StoreError as exc:
+            self._stats["errors"] += 1
+            delay = core.acquire_failed(now=clock.now(), token=token)
+            if first and not isinstance(exc, StoreUnavailableError):
+                raise
+            logger.warning(
+                "Failed to acquire leadership, retrying in %.2fs: %s",
+                delay,
+                exc,
+                extra=self._extra(),
+            )
+            return
+        now = clock.now()
+        if isinstance(result, Acquired):
+            self._held_back = False
+            self._apply(
+                core.acquired(
+                    sent_at=sent, now=now, token=token, fencing_token=result.fencing_token
+                )
+            )
+        elif isinstance(result, Held):
+            self._held_back = False
+            self._leader_id = result.holder_id
+            core.held(now=now, remaining_ms=result.remaining_ms)
+        else:
+            if not self._held_back:
+                logger.warning(
+                    "Redis started %ss ago and has no fencing record: holding elections back "
+                    "for %.1fs so that a leader from before a restart has stepped down",
+                    result.uptime_s,
+                    result.wait_ms / 1000,
+                    extra=self._extra(),
+                )
+            self._held_back = True
+            core.held_back(now=now, wait_ms=result.wait_ms)
+
+    async def _campaign(self, store: RedisStore, scope: anyio.CancelScope) -> None:
+        core, clock = self._core, self._clock
+        with scope:
+            while True:
+                if core.phase is Phase.LEADER:
+                    await self._follower_event.wait()
+                    continue
+                if core.next_acquire_at > clock.now():
+                    self._wake.clear()
+                    await clock.wait_until(core.next_acquire_at, self._wake)
+                    continue
+                await self._attempt(store)
+
+    async def _lead(self, run: _TermRun, store: RedisStore) -> None:
+        with run.scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watchdog, run.term)
+                await self._heartbeat(run.term, store)
+
+    async def _heartbeat(self, term: Term, store: RedisStore) -> None:
+        core, clock = self._core, self._clock
+        while core.term is term and core.phase is Phase.LEADER:
+            await clock.wait_until(core.next_renew_at)
+            sent = clock.now()
+            timeout = core.renew_timeout(sent)
+            if timeout <= 0:
+                self._apply(core.check(sent))
+                return
+            try:
+                ok = await store.renew(
+                    term.token,
+                    self._info_json(term, sent_wall=_utcnow()),
+                    self._timings.lock_ttl_ms,
+                    timeout=timeout,
+                )
+            except StoreError as exc:
+                self._stats["errors"] += 1
+                self._stats["renew_failures"] += 1
+                logger.warning("Heartbeat failed, retrying: %s", exc, extra=self._extra())
+                self._apply(core.renew_failed(token=term.token, now=clock.now()))
+                continue
+            now = clock.now()
+            if ok:
+                self._stats["renewals"] += 1
+                self._last_renew_latency = now - sent
+                logger.debug("Heartbeat sent", extra=self._extra())
+                self._apply(core.renewed(token=term.token, sent_at=sent, now=now))
+            else:
+                self._apply(core.renew_lost(token=term.token, now=now))
+
+    async def _watchdog(self, term: Term) -> None:
+        core, clock = self._core, self._clock
+        while core.term is term and core.phase is Phase.LEADER:
+            await clock.wait_until(core.lease_deadline)
+            self._apply(core.check(clock.now()))
+
+    def _apply(self, transitions: list[Transition]) -> None:
+        for transition in transitions:
+            self._stats["moves"] += 1
+            if isinstance(transition, BecameLeader):
+                self._begin_term(transition.term)
+            else:
+                self._end_term(transition)
+
+    def _begin_term(self, term: Term) -> None:
+        assert self._tg is not None and self._store is not None
+        run = _TermRun(term)
+        self._term = run
+        self._leader_id = self._instance_id
+        self._follower_event.clear()
+        self._leader_event.set()
+        self._tg.start_soon(self._lead, run, self._store)
+        logger.info("Became the leader", extra=self._extra())
+        for func in self._leader_tasks:
+            self._start_leader_task(func, run)
+        self._queue.put_nowait(("become", run))
+
+    def _end_term(self, lost: LostLeadership) -> None:
+        run = self._term
+        assert run is not None and run.term is lost.term
+        self._term = None
+        self._leader_event.clear()
+        self._follower_event.set()
+        run.scope.cancel()
+        for scope, _ in run.tasks:
+            scope.cancel()
+        extra = {**self._extra(run.term), "reason": lost.reason.value}
+        if lost.reason in (LossReason.RENEW_DEADLINE, LossReason.LOCK_LOST):
+            logger.warning("Failed to send heartbeat, lost leadership", extra=extra)
+        else:
+            logger.info("Stepped down (%s)", lost.reason.value, extra=extra)
+        self._queue.put_nowait(("lose", run))
+        self._wake.set()
+
+    def _start_leader_task(self, func: LeaderTask, run: _TermRun) -> None:
+        assert self._tg is not None
+        scope, done = anyio.CancelScope(), asyncio.Event()
+        run.tasks.append((scope, done))
+        self._tg.start_soon(self._run_leader_task, func, run, scope, done)
+
+    async def _run_leader_task(
+        self, func: LeaderTask, run: _TermRun, scope: anyio.CancelScope, done: asyncio.Event
+    ) -> None:
+        try:
+            with scope:
+                await func()
+        except Exception as exc:
+            report(exc, self._context("while_leader", func, run.term), self._on_error)
+        finally:
+            done.set()
+
+    async def _finish_leader_tasks(self, run: _TermRun) -> None:
+        """Give the term's cancelled ``while_leader`` tasks a moment to finish before releasing."""
+        deadline = self._clock.now() + self._timings.call_timeout
+        for _, done in run.tasks:
+            await self._clock.wait_until(deadline, done)
+
+    async def _dispatch(self, done: asyncio.Event) -> None:
+        try:
+            while (item := await self._queue.get()) is not _STOP:
+                kind, run = item
+                if kind == "become":
+                    await self._become.run(
+                        self._context("on_become_leader", None, run.term), self._on_error
+                    )
+                else:
+                    for _, task_done in run.tasks:
+                        await task_done.wait()
+                    await self._lose.run(
+                        self._context("on_lose_leadership", None, run.term), self._on_error
+                    )
+        finally:
+            done.set()
+
+    async def _release(self, token: str, *, voluntary: bool) -> None:
+        assert self._store is not None
+        if voluntary:
+            logger.info("Releasing leadership voluntarily", extra=self._extra())
+        try:
+            await self._store.release(
+                token, self._instance_id, timeout=min(self._timings.call_timeout, _RELEASE_TIMEOUT)
+            )
+        except StoreError as exc:
+            self._stats["errors"] += 1
+            logger.warning(
+                "Could not release the lock (%s); it expires within lock_ttl",
+                exc,
+                extra=self._extra(),
+            )
+
+    def _on_release(self) -> None:
+        if self._core.release_noticed(now=self._clock.now()):
+            self._wake.set()
+
+    def _info_json(self, term: Term | None, *, sent_wall: datetime) -> str:
+        """The LeaderInfo JSON; without a term, the prefix the acquire script completes."""
+        started = sent_wall if term is None else self._started_wall
+        if term is None:
+            self._started_wall = sent_wall
+        record = {
+            "instance_id": self._instance_id,
+            "hostname": self._config.hostname,
+            "pid": os.getpid(),
+            "started_at": started.isoformat(),
+            "last_heartbeat": sent_wall.isoformat(),
+            "election": self._config.name,
+        }
+        text = json.dumps(record, separators=(",", ":"))
+        if term is None:
+            return text[:-1]
+        return text[:-1] + f',"fencing_token":{term.fencing_token}}}'
+
+    def _extra(self, term: Term | None = None) -> dict[str, Any]:
+        term = term or self._core.term
+        return {
+            "election": self._config.name,
+            "instance_id": self._instance_id,
+            "fencing_token": term.fencing_token if term is not None else None,
+        }
+
+    def _context(self, kind: str, callback: Any, term: Term) -> Mapping[str, Any]:
+        return {
+            "kind": kind,
+            "callback": callback,
+            "election": self._config.name,
+            "instance_id": self._instance_id,
+            "fencing_token": term.fencing_token,
+        }
+
+
+async def _wait_first(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    if any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _client_from_url(url: str, call_timeout: float) -> Any:
+    try:
+        return aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=max(call_timeout, 0.1),
+            socket_keepalive=True,
+            health_check_interval=0,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"cannot use Redis URL {_redact(url)!r}: {exc}. Expected redis://[[user]:password@]"
+            "host[:port][/db], rediss://... or unix:///path/to/socket"
+        ) from exc
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

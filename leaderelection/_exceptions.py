@@ -1,0 +1,73 @@
+"""The exceptions raised by leaderelection.
+
+Every exception the library raises on purpose derives from :class:`LeaderElectionError`, so one
+``except LeaderElectionError`` catches them all::
+
+    LeaderElectionError
+    ├── ConfigurationError          bad ElectionConfig field, bad URL (also a ValueError)
+    ├── ElectionNotRunningError     waiting on an election that is not started or was stopped
+    └── StoreError                  a problem with the Redis store
+        ├── StoreUnavailableError   cannot reach Redis, or it did not answer in time (transient)
+        ├── StoreAuthenticationError  wrong password, missing ACL permission
+        ├── StoreReadOnlyError      connected to a read-only replica
+        ├── WrongKeyTypeError       an election key holds a value of another type
+        └── CorruptLeaderInfoError  the leader-info record is not valid JSON for LeaderInfo
+
+Redis errors are translated into these at one place, the store, with the original exception kept
+as ``__cause__``. ``start()`` raises the permanent ones (authentication, read-only replica, wrong
+key type, bad URL) because retrying cannot fix them; transient unavailability is retried with backoff
+and logged while ``is_leader`` stays False.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "CorruptLeaderInfoError",
+    "ElectionNotRunningError",
+    "LeaderElectionError",
+    "StoreAuthenticationError",
+    "StoreError",
+    "StoreReadOnlyError",
+    "StoreUnavailableError",
+    "WrongKeyTypeError",
+]
+
+
+class LeaderElectionError(Exception):
+    """Base class of every exception raised by leaderelection."""
+
+
+class ConfigurationError(LeaderElectionError, ValueError):
+    """The configuration or the Redis URL is invalid; the message names what to fix."""
+
+
+class ElectionNotRunningError(LeaderElectionError):
+    """The election is not running: it was never started, or it was stopped while waiting."""
+
+
+class StoreError(LeaderElectionError):
+    """A problem with the Redis store."""
+
+
+class StoreUnavailableError(StoreError):
+    """Redis could not be reached or did not answer within the call's deadline.
+
+    Transient: the election retries with backoff and stays a follower meanwhile.
+    """
+
+
+class StoreAuthenticationError(StoreError):
+    """Redis refused the credentials, or the ACL user lacks a command or key the election needs."""
+
+
+class StoreReadOnlyError(StoreError):
+    """The server is a read-only replica; point the election at the primary."""
+
+
+class WrongKeyTypeError(StoreError):
+    """An election key holds a value of another type (for example a hash where a string belongs)."""
+
+
+class CorruptLeaderInfoError(StoreError):
+    """The leader-info record exists but is not a valid LeaderInfo JSON document."""

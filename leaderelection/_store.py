@@ -1,0 +1,406 @@
+"""The lease store: every Redis command the election sends, and every Lua script, lives here.
+
+Each state change is one Lua script and one round trip (EVALSHA, falling back to EVAL when the
+server answers NOSCRIPT, which also caches the script again). The lock holds a random per-term
+token and is only renewed or deleted by a script that compares it, so a candidate can never extend
+or release a term that is not its own.
+
+Every call runs under a deadline given by the caller (``asyncio.timeout``), whatever retry policy
+the client has. Redis errors are translated into :mod:`leaderelection._exceptions` here and nowhere
+else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, TypeVar
+
+from pydantic import ValidationError
+from redis import exceptions as rx
+
+from ._exceptions import (
+    CorruptLeaderInfoError,
+    StoreAuthenticationError,
+    StoreError,
+    StoreReadOnlyError,
+    StoreUnavailableError,
+    WrongKeyTypeError,
+)
+from ._info import LeaderInfo
+
+__all__ = ["AcquireResult", "Acquired", "Held", "HeldBack", "RedisStore", "ReleaseHub"]
+
+logger = logging.getLogger("leaderelection")
+
+T = TypeVar("T")
+
+# KEYS[1] lock key, KEYS[2] info key, KEYS[3] fence key
+# ARGV[1] the new term's random token
+# ARGV[2] lease length in milliseconds
+# ARGV[3] the info record as JSON without its closing brace (the script adds the fencing token)
+# ARGV[4] a token of ours whose acquire had an unknown outcome, or "" (such a lock is taken over)
+# ARGV[5] restart protection: the server uptime in seconds needed before a term is granted while
+#         the fence key is missing (the server may have lost its data while a leader was alive);
+#         0 disables it
+# Returns {1, fencing token (string), lease ms}         acquired
+#         {0, remaining lease ms, info JSON or false}   held by someone else
+#         {2, wait ms, server uptime s}                 held back by restart protection
+# The fencing token is max(previous + 1, server time in microseconds), kept as a Redis integer
+# string: Lua numbers are doubles and would print a 16-digit token in exponent form.
+ACQUIRE: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[4] then
+  return {0, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
+end
+local fence = redis.call('GET', KEYS[3])
+if fence and not tonumber(fence) then
+  return redis.error_reply('WRONGTYPE leaderelection fence key ' .. KEYS[3] .. ' is not an integer')
+end
+if not fence then
+  local need = tonumber(ARGV[5])
+  if need > 0 then
+    local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
+    if uptime < need then
+      return {2, (need - uptime) * 1000, uptime}
+    end
+  end
+end
+local t = redis.call('TIME')
+local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
+local token
+if fence and tonumber(fence) >= tonumber(now_us) then
+  redis.call('INCR', KEYS[3])
+  token = redis.call('GET', KEYS[3])
+else
+  redis.call('SET', KEYS[3], now_us)
+  token = now_us
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3] .. ',"fencing_token":' .. token .. '}', 'PX', ARGV[2])
+return {1, token, tonumber(ARGV[2])}
+"""
+
+# KEYS[1] lock key, KEYS[2] info key
+# ARGV[1] our term's token, ARGV[2] lease length in ms, ARGV[3] the new info record (JSON)
+# Returns 1 when the lease was extended, 0 when the lock is no longer ours.
+RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lock key, KEYS[2] info key
+# ARGV[1] our term's token, ARGV[2] release channel, ARGV[3] message (our instance id)
+# Returns 1 when the lock was ours and is now deleted (and followers were told), else 0.
+RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+_SHA: Final = {src: hashlib.sha1(src.encode()).hexdigest() for src in (ACQUIRE, RENEW, RELEASE)}
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """The lock is ours: a new term with this fencing token."""
+
+    fencing_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Someone else holds the lock for ``remaining_ms`` more (negative: no expiry set)."""
+
+    remaining_ms: int
+    holder_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBack:
+    """Restart protection: the server started too recently to grant a term safely."""
+
+    wait_ms: int
+    uptime_s: int
+
+
+AcquireResult = Acquired | Held | HeldBack
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def translate(exc: BaseException, what: str) -> StoreError:
+    """Translate a redis-py (or socket) exception into the library's own, naming what to fix."""
+    message = str(exc)
+    if isinstance(exc, rx.AuthenticationError | rx.AuthenticationWrongNumberOfArgsError):
+        return StoreAuthenticationError(
+            f"Redis refused the credentials while {what}: {message}. Check the password and user "
+            "in the URL or client"
+        )
+    if isinstance(exc, rx.NoPermissionError) or "NOPERM" in message:
+        return StoreAuthenticationError(
+            f"the Redis user lacks a permission needed while {what}: {message}. Grant EVALSHA, "
+            "EVAL, GET, SET, PEXPIRE, PTTL, DEL, INCR, PUBLISH, SUBSCRIBE, INFO and TIME on the "
+            "election's keys and channel"
+        )
+    if isinstance(exc, rx.ReadOnlyError) or "READONLY" in message:
+        return StoreReadOnlyError(
+            f"Redis is a read-only replica ({message}) while {what}: point the election at the "
+            "primary"
+        )
+    if "WRONGTYPE" in message:
+        return WrongKeyTypeError(
+            f"an election key holds a value of another type while {what}: {message}. Delete the "
+            "key or choose another name/key_prefix"
+        )
+    if isinstance(exc, rx.ConnectionError | rx.TimeoutError | OSError | TimeoutError):
+        return StoreUnavailableError(f"Redis is unavailable while {what}: {message or type(exc)}")
+    return StoreError(f"Redis answered an error while {what}: {message}")
+
+
+class RedisStore:
+    """The lease of one election on one Redis client (``redis.asyncio.Redis`` or RedisCluster)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        lock_key: str,
+        info_key: str,
+        fence_key: str,
+        channel: str,
+    ) -> None:
+        self._client = client
+        self._keys = (lock_key, info_key, fence_key)
+        self._channel = channel
+        # An in-process fakeredis server dies with the process and cannot lose data under a live
+        # leader, and it has no INFO: restart protection does not apply to it.
+        self._in_process = type(client).__module__.startswith("fakeredis")
+
+    @property
+    def client(self) -> Any:
+        """The Redis client."""
+        return self._client
+
+    @property
+    def channel(self) -> str:
+        """The release channel."""
+        return self._channel
+
+    async def _bounded(self, what: str, timeout: float, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                return await call()
+        except TimeoutError as exc:
+            raise StoreUnavailableError(
+                f"Redis did not answer within {timeout:.3g}s while {what}"
+            ) from exc
+        except (rx.RedisError, OSError) as exc:
+            raise translate(exc, what) from exc
+
+    async def _script(self, src: str, nkeys: int, *args: object) -> Any:
+        try:
+            return await self._client.evalsha(_SHA[src], nkeys, *args)
+        except rx.NoScriptError:
+            return await self._client.eval(src, nkeys, *args)
+
+    async def acquire(
+        self,
+        token: str,
+        info_prefix: str,
+        ttl_ms: int,
+        *,
+        stale_token: str | None,
+        min_uptime_s: int,
+        timeout: float,
+    ) -> AcquireResult:
+        """Try to take the lock for a new term (see ``ACQUIRE``)."""
+        reply = await self._bounded(
+            "acquiring the lock",
+            timeout,
+            lambda: self._script(
+                ACQUIRE,
+                3,
+                *self._keys,
+                token,
+                ttl_ms,
+                info_prefix,
+                stale_token or "",
+                0 if self._in_process else min_uptime_s,
+            ),
+        )
+        kind = int(reply[0])
+        if kind == 1:
+            return Acquired(fencing_token=int(_text(reply[1])))
+        if kind == 2:
+            return HeldBack(wait_ms=int(reply[1]), uptime_s=int(reply[2]))
+        return Held(remaining_ms=int(reply[1]), holder_id=_holder_id(reply[2]))
+
+    async def renew(self, token: str, info_json: str, ttl_ms: int, *, timeout: float) -> bool:
+        """Extend our lease; False when the lock is no longer ours (see ``RENEW``)."""
+        lock, info, _ = self._keys
+        reply = await self._bounded(
+            "renewing the lease",
+            timeout,
+            lambda: self._script(RENEW, 2, lock, info, token, ttl_ms, info_json),
+        )
+        return int(reply) == 1
+
+    async def release(self, token: str, message: str, *, timeout: float) -> bool:
+        """Delete our lock and tell followers; False when it was not ours (see ``RELEASE``)."""
+        lock, info, _ = self._keys
+        reply = await self._bounded(
+            "releasing the lock",
+            timeout,
+            lambda: self._script(RELEASE, 2, lock, info, token, self._channel, message),
+        )
+        return int(reply) == 1
+
+    async def read_info(self, *, timeout: float) -> LeaderInfo | None:
+        """Read the leader-info record; None when no one leads.
+
+        Raises:
+            CorruptLeaderInfoError: the record is not a valid LeaderInfo.
+        """
+        raw = await self._bounded(
+            "reading the leader info", timeout, lambda: self._client.get(self._keys[1])
+        )
+        if raw is None:
+            return None
+        try:
+            return LeaderInfo.model_validate_json(raw)
+        except ValidationError as exc:
+            raise CorruptLeaderInfoError(
+                f"the leader-info record at {self._keys[1]!r} is not valid LeaderInfo JSON "
+                f"({exc.error_count()} error(s): {exc.errors(include_url=False)[0]['msg']}); "
+                f"it expires with the lease, or delete it: {_text(raw)[:200]!r}"
+            ) from exc
+
+
+def _holder_id(raw: object) -> str | None:
+    if not raw:
+        return None
+    try:
+        return LeaderInfo.model_validate_json(
+            raw if isinstance(raw, bytes | str) else str(raw)
+        ).instance_id
+    except ValidationError:
+        logger.warning(
+            "Leader info record is corrupt; ignoring it", extra={"raw": _text(raw)[:200]}
+        )
+        return None
+
+
+ReleaseListener = Callable[[], None]
+
+
+class ReleaseHub:
+    """One pub/sub subscription per Redis client, shared by every election on that client.
+
+    A thousand candidates in one process then cost one connection, not a thousand. The listener
+    task lives while at least one election is subscribed; the last ``remove`` stops it and waits
+    for it. After a reconnect every listener is called, since a release may have been missed.
+    """
+
+    _hubs: ClassVar[weakref.WeakKeyDictionary[Any, ReleaseHub]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._listeners: dict[str, set[ReleaseListener]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+
+    @classmethod
+    def for_client(cls, client: Any) -> ReleaseHub | None:
+        """The hub of ``client``, or None when the client cannot subscribe (RedisCluster)."""
+        if not callable(getattr(client, "pubsub", None)):
+            return None
+        try:
+            hub = cls._hubs.get(client)
+        except TypeError:  # not weak-referenceable
+            return cls(client)
+        if hub is None:
+            hub = cls._hubs[client] = cls(client)
+        return hub
+
+    async def add(self, channel: str, listener: ReleaseListener) -> None:
+        """Call ``listener`` whenever a release is published on ``channel``."""
+        listeners = self._listeners.setdefault(channel, set())
+        listeners.add(listener)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._listen(), name="leaderelection-release-listener"
+            )
+        elif len(listeners) == 1 and self._pubsub is not None:
+            with contextlib.suppress(rx.RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._pubsub.subscribe(channel)
+
+    async def remove(self, channel: str, listener: ReleaseListener) -> None:
+        """Stop calling ``listener``; the last removal stops the listener task."""
+        listeners = self._listeners.get(channel)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[channel]
+                if self._pubsub is not None and self._listeners:
+                    with contextlib.suppress(rx.RedisError, OSError, TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._pubsub.unsubscribe(channel)
+        if not self._listeners and self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _notify(self, channel: str) -> None:
+        for listener in list(self._listeners.get(channel, ())):
+            listener()
+
+    async def _listen(self) -> None:
+        backoff = 0.05
+        reconnect = False
+        try:
+            while self._listeners:
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub = pubsub
+                try:
+                    await pubsub.subscribe(*self._listeners)
+                    if reconnect:
+                        for channel in list(self._listeners):
+                            self._notify(channel)
+                    backoff = 0.05
+                    while True:
+                        message = await pubsub.get_message(timeout=None)
+                        if message is not None and message.get("type") == "message":
+                            self._notify(_text(message["channel"]))
+                except (rx.RedisError, OSError) as exc:
+                    logger.debug("Release subscription lost, reconnecting: %s", exc)
+                finally:
+                    self._pubsub = None
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(_close_pubsub(pubsub))
+                reconnect = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        except asyncio.CancelledError:
+            raise
+
+
+async def _close_pubsub(pubsub: Any) -> None:
+    closer = getattr(pubsub, "aclose", None) or pubsub.close
+    await closer()

