@@ -522,6 +522,7 @@ class LeaderElection:
                 stale_token=core.stale_token,
                 min_uptime_s=self._timings.restart_uptime_s,
                 timeout=self._timings.call_timeout,
+                check_role=first,
             )
         except StoreError as exc:
             self._stats["errors"] += 1
@@ -595,6 +596,8 @@ class LeaderElection:
                     timeout=timeout,
                 )
             except StoreError as exc:
+                if core.term is not term:  # the watchdog ended the term while we waited
+                    return
                 self._stats["errors"] += 1
                 self._stats["renew_failures"] += 1
                 logger.warning("Heartbeat failed, retrying: %s", exc, extra=self._extra())

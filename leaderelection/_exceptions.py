@@ -15,8 +15,8 @@ Every exception the library raises on purpose derives from :class:`LeaderElectio
 
 Redis errors are translated into these at one place, the store, with the original exception kept
 as ``__cause__``. ``start()`` raises the permanent ones (authentication, read-only replica, wrong
-key type, bad URL) because retrying cannot fix them; transient unavailability is retried with backoff
-and logged while ``is_leader`` stays False.
+key type, bad URL) because retrying cannot fix them; transient unavailability is retried with
+backoff and logged while ``is_leader`` stays False.
 """
 
 from __future__ import annotations

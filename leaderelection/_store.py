@@ -48,12 +48,17 @@ T = TypeVar("T")
 # ARGV[5] restart protection: the server uptime in seconds needed before a term is granted while
 #         the fence key is missing (the server may have lost its data while a leader was alive);
 #         0 disables it
+# ARGV[6] "1" to refuse with READONLY when the server is a replica (checked on the first attempt,
+#         since a replica only shows it is read-only once a write is tried)
 # Returns {1, fencing token (string), lease ms}         acquired
 #         {0, remaining lease ms, info JSON or false}   held by someone else
 #         {2, wait ms, server uptime s}                 held back by restart protection
 # The fencing token is max(previous + 1, server time in microseconds), kept as a Redis integer
 # string: Lua numbers are doubles and would print a 16-digit token in exponent form.
 ACQUIRE: Final = """
+if ARGV[6] == '1' and string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
+  return redis.error_reply("READONLY You can't write against a read only replica.")
+end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[4] then
   return {0, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
@@ -143,7 +148,7 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def translate(exc: BaseException, what: str) -> StoreError:
+def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> StoreError:
     """Translate a redis-py (or socket) exception into the library's own, naming what to fix."""
     message = str(exc)
     if isinstance(exc, rx.AuthenticationError | rx.AuthenticationWrongNumberOfArgsError):
@@ -164,8 +169,8 @@ def translate(exc: BaseException, what: str) -> StoreError:
         )
     if "WRONGTYPE" in message:
         return WrongKeyTypeError(
-            f"an election key holds a value of another type while {what}: {message}. Delete the "
-            "key or choose another name/key_prefix"
+            f"an election key ({', '.join(keys) or 'unknown'}) holds a value of another type while "
+            f"{what}: {message}. Delete the key or choose another name/key_prefix"
         )
     if isinstance(exc, rx.ConnectionError | rx.TimeoutError | OSError | TimeoutError):
         return StoreUnavailableError(f"Redis is unavailable while {what}: {message or type(exc)}")
@@ -210,7 +215,7 @@ class RedisStore:
                 f"Redis did not answer within {timeout:.3g}s while {what}"
             ) from exc
         except (rx.RedisError, OSError) as exc:
-            raise translate(exc, what) from exc
+            raise translate(exc, what, self._keys) from exc
 
     async def _script(self, src: str, nkeys: int, *args: object) -> Any:
         try:
@@ -227,6 +232,7 @@ class RedisStore:
         stale_token: str | None,
         min_uptime_s: int,
         timeout: float,
+        check_role: bool = False,
     ) -> AcquireResult:
         """Try to take the lock for a new term (see ``ACQUIRE``)."""
         reply = await self._bounded(
@@ -241,6 +247,7 @@ class RedisStore:
                 info_prefix,
                 stale_token or "",
                 0 if self._in_process else min_uptime_s,
+                "1" if check_role and not self._in_process else "0",
             ),
         )
         kind = int(reply[0])

@@ -7,18 +7,12 @@ that need it; it never skips them.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-_TESTS_DIR = str(Path(__file__).resolve().parent)
-if _TESTS_DIR not in sys.path:  # lets `import redis_harness` work even if tests/ is a package
-    sys.path.insert(0, _TESTS_DIR)
-
-from redis_harness import (  # noqa: E402
+from tests.redis_harness import (
     MakeProxy,
     MakeRedisServer,
     RedisServer,
@@ -84,3 +78,19 @@ async def make_proxy() -> AsyncIterator[MakeProxy]:
     yield make
     for proxy in reversed(proxies):
         await proxy.close()
+
+
+@pytest.fixture(scope="session")
+def shared_redis(redis_server_bin: str) -> Iterator[RedisServer]:
+    """One server for the whole session, up long enough that restart protection (uptime >
+    ceil(lock_ttl) + 1 s) does not hold elections with a lock_ttl of up to 5 s back.
+
+    Tests on it use unique election names; tests that break a server get their own.
+    """
+    server = RedisServer(binary=redis_server_bin)
+    server.start()
+    try:
+        server.wait_uptime_above(7, timeout=30)
+        yield server
+    finally:
+        server.close()

@@ -54,11 +54,12 @@ __all__ = [
     "find_redis_server",
     "free_port",
     "no_retry",
+    "sync_no_retry",
 ]
 
 _LOCALHOST = "127.0.0.1"
 _START_TIMEOUT = 10.0
-_POLL_INTERVAL = 0.01
+_POLL_INTERVAL = 0.005
 _UPTIME_POLL_INTERVAL = 0.05
 
 
@@ -133,7 +134,12 @@ def no_retry() -> redis.asyncio.retry.Retry:
     return redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
 
 
-def _sync_no_retry() -> redis.retry.Retry:
+def sync_no_retry() -> redis.retry.Retry:
+    """Return the blocking-client twin of :func:`no_retry`, for ``redis.Redis(retry=...)``.
+
+    Returns:
+        A ``Retry`` that never retries.
+    """
     return redis.retry.Retry(redis.backoff.NoBackoff(), 0)
 
 
@@ -323,7 +329,7 @@ class RedisServer:
 
     def _wait_ready(self, deadline: float) -> None:
         client = self.sync_client(
-            socket_timeout=1.0, socket_connect_timeout=1.0, retry=_sync_no_retry()
+            socket_timeout=1.0, socket_connect_timeout=1.0, retry=sync_no_retry()
         )
         try:
             while True:
@@ -386,6 +392,15 @@ class RedisServer:
         self._replica_of = master
         self._wait_master_link_up(time.monotonic() + self.start_timeout)
 
+    def promote(self) -> None:
+        """Make this replica a master again (``REPLICAOF NO ONE``); kept across restarts.
+
+        Its data stays until the next crash or restart, which empties it (unless AOF is on).
+        """
+        with self.sync_client() as client:
+            client.replicaof("NO", "ONE")
+        self._replica_of = None
+
     def _kill(self) -> None:
         proc = self._proc
         if proc is None:
@@ -417,7 +432,7 @@ class RedisServer:
             return
         if self._paused:
             self.resume()
-        client = self.sync_client(socket_timeout=timeout, retry=_sync_no_retry())
+        client = self.sync_client(socket_timeout=timeout, retry=sync_no_retry())
         with client, contextlib.suppress(redis.RedisError):
             client.shutdown(nosave=True)
         for sig in (signal.SIGTERM, signal.SIGKILL):

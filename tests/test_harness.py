@@ -11,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from redis_harness import (
+from tests.redis_harness import (
     MakeProxy,
     MakeRedisServer,
     RedisServer,
@@ -19,6 +19,7 @@ from redis_harness import (
     find_redis_server,
     free_port,
     no_retry,
+    sync_no_retry,
 )
 
 pytestmark = pytest.mark.redis
@@ -128,7 +129,8 @@ def test_stop_then_start_and_clean_shutdown(redis_server: RedisServer) -> None:
     port = redis_server.port
     redis_server.stop()
     assert not redis_server.running
-    with redis.Redis(port=port, retry=None) as client, pytest.raises(redis.ConnectionError):
+    client = redis_server.sync_client(retry=sync_no_retry())
+    with client, pytest.raises(redis.ConnectionError):
         client.ping()
     redis_server.start()
     assert redis_server.port == port
@@ -192,6 +194,23 @@ async def test_make_replica_of(make_redis_server: MakeRedisServer) -> None:
             await client.set("k", "v")
 
 
+async def test_promoted_replica_is_writable_and_restarts_empty(
+    make_redis_server: MakeRedisServer,
+) -> None:
+    master = make_redis_server()
+    async with master.client() as m:
+        await m.set("k", "v")  # before the replica attaches: the full sync carries it
+    replica = make_redis_server(replica_of=master)
+    master.stop()
+    replica.promote()
+    async with replica.client() as r:
+        await r.set("other", "x")
+        assert await r.get("k") == b"v"
+    replica.restart()  # the RDB written by the full sync must not bring the data back
+    async with replica.client() as r:
+        assert await r.dbsize() == 0
+
+
 async def test_requirepass(make_redis_server: MakeRedisServer) -> None:
     server = make_redis_server(password="p@ss word")
     async with redis.asyncio.Redis.from_url(server.url) as client:
@@ -225,7 +244,7 @@ async def test_proxy_context_manager_and_password(make_redis_server: MakeRedisSe
         assert "secret@" in proxy.url
         async with redis.asyncio.Redis.from_url(proxy.url) as client:
             assert await client.ping()
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(proxy.host, proxy.port)
 
 
@@ -301,6 +320,32 @@ async def test_reset_sends_rst(redis_server: RedisServer, make_proxy: MakeProxy)
         with pytest.raises(ConnectionResetError):  # an RST, not an orderly FIN (b"")
             async with asyncio.timeout(DEADLINE):
                 await reader.read(1)
+    finally:
+        writer.close()
+
+
+async def test_leaving_drop_replies_resets_connections_that_lost_replies(
+    redis_server: RedisServer, make_proxy: MakeProxy
+) -> None:
+    proxy = await make_proxy(redis_server)
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    try:
+        writer.write(b"PING\r\n")
+        async with asyncio.timeout(DEADLINE):
+            assert await reader.readline() == b"+PONG\r\n"
+        proxy.drop_replies()
+        writer.write(b"SET k v\r\n")
+        async with redis_server.client() as direct:
+
+            async def applied() -> bool:
+                return await direct.get("k") == b"v"
+
+            await eventually(applied)
+        proxy.pass_through()
+        writer.write(b"PING\r\n")
+        with pytest.raises(ConnectionResetError):  # not "+PONG": the +OK was lost
+            async with asyncio.timeout(DEADLINE):
+                await reader.read(100)
     finally:
         writer.close()
 

@@ -1,0 +1,143 @@
+"""Fixtures for integration and fault tests: candidate processes on real redis-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from leaderelection import ElectionConfig
+
+CANDIDATE = str(Path(__file__).with_name("candidate.py"))
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.path):
+            item.add_marker(pytest.mark.redis)
+
+
+class Candidate:
+    """A candidate process (``candidate.py``) and the JSON events it printed."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, instance_id: str) -> None:
+        self.proc = proc
+        self.instance_id = instance_id
+        self.events: list[dict[str, Any]] = []
+        self._new = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            self.events.append(json.loads(line))
+            self._new.set()
+        self._new.set()
+
+    async def expect(self, event: str, timeout: float = 10.0, after: int = 0) -> dict[str, Any]:
+        """The first ``event`` at index >= ``after``, waiting up to ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for record in self.events[after:]:
+                    if record["event"] == event:
+                        return record
+                if self._reader.done():
+                    raise AssertionError(
+                        f"{self.instance_id} exited before {event!r}: {self.events}"
+                    )
+                self._new.clear()
+                await self._new.wait()
+
+    def last_until(self) -> float:
+        """The last local lease deadline the candidate reported."""
+        return max(r["until"] for r in self.events if r["event"] in ("became", "lease"))
+
+    async def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)
+                self.proc.kill()
+            await self.proc.wait()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+class MakeCandidate(Protocol):
+    async def __call__(
+        self, url: str, name: str, *, ttl: str = ..., heartbeat: str = ..., retry: str = ...
+    ) -> Candidate: ...
+
+
+@pytest.fixture
+async def make_candidate() -> AsyncIterator[MakeCandidate]:
+    """Start candidate processes; every one is killed at teardown."""
+    made: list[Candidate] = []
+
+    async def make(
+        url: str, name: str, *, ttl: str = "1s", heartbeat: str = "100ms", retry: str = "200ms"
+    ) -> Candidate:
+        instance_id = f"proc-{uuid.uuid4().hex[:6]}"
+        env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            CANDIDATE,
+            url,
+            name,
+            instance_id,
+            ttl,
+            heartbeat,
+            retry,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        candidate = Candidate(proc, instance_id)
+        made.append(candidate)
+        await candidate.expect("ready", timeout=30)
+        return candidate
+
+    yield make
+    for candidate in made:
+        await candidate.close()
+
+
+@pytest.fixture
+def name() -> str:
+    """A fresh election name."""
+    return f"it-{uuid.uuid4().hex[:8]}"
+
+
+def fast_config(name: str, **overrides: Any) -> ElectionConfig:
+    fields: dict[str, Any] = {
+        "name": name,
+        "lock_ttl": "1s",
+        "heartbeat_interval": "100ms",
+        "retry_interval": "200ms",
+    }
+    fields.update(overrides)
+    return ElectionConfig(**fields)
+
+
+def seed_fence(server: Any, config: ElectionConfig) -> None:
+    """Mark the election as known to this server, so a fresh server grants terms at once."""
+    with server.sync_client() as client:
+        client.set(config.fence_key, "1")

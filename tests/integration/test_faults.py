@@ -1,0 +1,220 @@
+"""Fault tests: the guarantees under crash, pause, partition and Redis restart.
+
+Candidates that must be paused or killed run in their own processes (``candidate.py``); a
+SIGSTOPped process is the honest model of a paused leader. All processes share one monotonic
+clock (Linux ``CLOCK_MONOTONIC``), so their timestamps compare directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from leaderelection import LeaderElection
+from tests.waiting import eventually
+
+from .conftest import MakeCandidate, fast_config, seed_fence
+
+TTL = 1.0
+RENEW_DEADLINE = TTL * 2 / 3
+
+
+async def test_local_step_down_within_renew_deadline_when_redis_is_blackholed(
+    redis_server: Any, make_proxy: Any, name: str
+) -> None:
+    """Guarantee 2, and no overlap with the next leader (guarantee 3)."""
+    config = fast_config(name)
+    seed_fence(redis_server, config)
+    proxy = await make_proxy(redis_server)
+    work_cancelled = asyncio.Event()
+    seen_by_new_leader: list[tuple[bool, bool]] = []
+
+    a = LeaderElection(proxy.url, config)
+
+    @a.while_leader
+    async def work() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            work_cancelled.set()
+
+    b = LeaderElection(redis_server.url, config)
+    # Runs synchronously at b's first moment as leader: a must have stepped down already.
+    b.on_become_leader(lambda: seen_by_new_leader.append((a.is_leader, a.leader_event.is_set())))
+    async with a, b:
+        assert a.is_leader
+        renewals = a.statistics().renewals
+        await eventually(lambda: a.statistics().renewals > renewals)  # a renewal just succeeded
+        proxy.blackhole()
+        cut = time.monotonic()
+        await a.wait_until_follower(timeout=RENEW_DEADLINE + 0.5)
+        stepped_down = time.monotonic()
+        assert not a.leader_event.is_set()
+        async with asyncio.timeout(0.1):  # cancelled at the step-down; finishing takes a loop turn
+            await work_cancelled.wait()
+        # The last successful renewal was sent before the cut, so the deadline is before
+        # cut + renew_deadline; allow one scheduling slice for the watchdog to run.
+        assert stepped_down - cut <= RENEW_DEADLINE + 0.1
+        await b.wait_until_leader(timeout=5)
+        assert seen_by_new_leader == [(False, False)]
+        proxy.pass_through()
+
+
+async def test_paused_leader_process_never_overlaps_the_next_leader(
+    redis_server: Any, make_candidate: MakeCandidate, name: str
+) -> None:
+    """Guarantee 3 under a process pause (SIGSTOP) three times the lease."""
+    config = fast_config(name)
+    seed_fence(redis_server, config)
+    a = await make_candidate(redis_server.url, name)
+    became_a = await a.expect("became")
+    b = await make_candidate(redis_server.url, name)
+    a.signal(signal.SIGSTOP)
+    paused = time.monotonic()
+    became_b = await b.expect("became", timeout=10)
+    await asyncio.sleep(max(0.0, paused + 3 * TTL - time.monotonic()))  # hold the pause: 3x lease
+    a.signal(signal.SIGCONT)
+    lost_a = await a.expect("lost", timeout=10)
+    # a's leadership ended at its last local lease deadline (the pause froze its watchdog, but
+    # is_leader reads the clock); b's began strictly later.
+    assert a.last_until() < became_b["t"]
+    assert became_b["token"] > became_a["token"]
+    assert lost_a["reason"] in ("renew_deadline", "lock_lost")
+
+
+async def test_crash_failover_waits_for_the_lease_then_follows_fast(
+    redis_server: Any, make_candidate: MakeCandidate, name: str
+) -> None:
+    """Guarantee 6: a killed leader's lease is respected, then a follower takes over."""
+    config = fast_config(name)
+    seed_fence(redis_server, config)
+    a = await make_candidate(redis_server.url, name)
+    became_a = await a.expect("became")
+    b = await make_candidate(redis_server.url, name)
+    c = await make_candidate(redis_server.url, name)
+    with redis_server.sync_client() as sync:
+        pttl = sync.pttl(config.lock_key)
+        a.signal(signal.SIGKILL)
+        expiry = time.monotonic() + pttl / 1000
+    winners = await _first_of([b, c], "became", timeout=10)
+    assert len(winners) == 1
+    (winner,) = winners
+    assert winner["t"] >= expiry - 0.002  # not before the lease expired in Redis
+    assert winner["t"] <= expiry + TTL  # liveness, generously; speed is for the benchmarks
+    assert winner["token"] > became_a["token"]
+
+
+async def test_graceful_handoff_across_processes(
+    redis_server: Any, make_candidate: MakeCandidate, name: str
+) -> None:
+    """Guarantee 5: stop() releases and wakes a follower in another process at once."""
+    config = fast_config(name)
+    seed_fence(redis_server, config)
+    a = await make_candidate(redis_server.url, name, ttl="30s", heartbeat="5s", retry="1s")
+    await a.expect("became")
+    b = await make_candidate(redis_server.url, name, ttl="30s", heartbeat="5s", retry="1s")
+    await a.send("stop")
+    lost = await a.expect("lost")
+    became_b = await b.expect("became", timeout=3)  # a 30 s lease: only the release is this fast
+    assert became_b["t"] > lost["t"]
+
+
+async def test_fencing_tokens_increase_across_a_restart_that_lost_all_data(
+    redis_server: Any, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Guarantees 3 and 4 across a Redis restart with no persistence."""
+    config = fast_config(name)
+    seed_fence(redis_server, config)
+    lost = asyncio.Event()
+    a = LeaderElection(redis_server.url, config, on_lose_leadership=lost.set)
+    b = LeaderElection(redis_server.url, config)
+    seen: list[bool] = []
+    b.on_become_leader(lambda: seen.append(a.is_leader))
+    a.on_become_leader(lambda: seen.append(b.is_leader))
+    with caplog.at_level(logging.WARNING, logger="leaderelection"):
+        async with a, b:
+            old = a.fencing_token
+            assert old is not None
+            redis_server.restart()  # no persistence: the lock, the info and the fence are gone
+            restarted = time.monotonic()
+            async with asyncio.timeout(5):
+                await lost.wait()
+            winner = await _first_leader([a, b], timeout=15)
+            new_term = time.monotonic()
+            token = winner.fencing_token
+            assert token is not None
+            assert token > old
+            # Restart protection: no term until the server has been up longer than the lease.
+            assert new_term - restarted >= math.ceil(TTL) + 1
+            assert seen[-1] is False
+    assert any("holding elections back" in r.getMessage() for r in caplog.records)
+
+
+async def test_restart_with_aof_keeps_the_lease_and_the_fence(
+    make_redis_server: Any, name: str
+) -> None:
+    server = make_redis_server(appendonly=True)
+    config = fast_config(name, lock_ttl="3s", heartbeat_interval="500ms")
+    seed_fence(server, config)
+    async with LeaderElection(server.url, config) as a:
+        old = a.fencing_token
+        assert old is not None
+        server.restart()
+        async with LeaderElection(server.url, config) as b:
+            assert not b.is_leader  # the lock survived the restart
+            await a.resign()
+            await b.wait_until_leader(timeout=5)
+            assert b.fencing_token is not None
+            assert b.fencing_token > old
+            assert not b.statistics().restart_protection
+
+
+async def test_paused_redis_steps_the_leader_down_then_elects_again(
+    redis_server: Any, name: str
+) -> None:
+    config = fast_config(name)
+    seed_fence(redis_server, config)
+    async with LeaderElection(redis_server.url, config) as a:
+        old = a.fencing_token
+        assert old is not None
+        redis_server.pause()
+        try:
+            await a.wait_until_follower(timeout=RENEW_DEADLINE + 0.5)
+        finally:
+            redis_server.resume()
+        await a.wait_until_leader(timeout=10)
+        assert a.fencing_token is not None
+        assert a.fencing_token > old
+
+
+async def _first_of(candidates: list[Any], event: str, timeout: float) -> list[dict[str, Any]]:
+    async with asyncio.timeout(timeout):
+        while True:
+            hits = [r for c in candidates for r in c.events if r["event"] == event]
+            if hits:
+                return hits
+            for c in candidates:
+                c._new.clear()
+            waiters = [asyncio.ensure_future(c._new.wait()) for c in candidates]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+
+
+async def _first_leader(elections: list[LeaderElection], timeout: float) -> LeaderElection:
+    waiters = {asyncio.ensure_future(e.wait_until_leader()): e for e in elections}
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        assert done, "no leader was elected"
+        return waiters[next(iter(done))]
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,139 @@
+"""The election against real redis-server processes: lifecycle, clients and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pytest
+
+from leaderelection import (
+    ConfigurationError,
+    LeaderElection,
+    StoreAuthenticationError,
+    StoreReadOnlyError,
+    WrongKeyTypeError,
+)
+from tests.redis_harness import RedisServer, free_port
+from tests.waiting import eventually
+
+from .conftest import fast_config, seed_fence
+
+
+async def test_election_and_handoff_over_urls(redis_server: Any, name: str) -> None:
+    config = fast_config(name, lock_ttl="30s", heartbeat_interval="5s", retry_interval="1s")
+    seed_fence(redis_server, config)
+    async with LeaderElection(redis_server.url, config) as a:
+        assert a.is_leader
+        async with LeaderElection(redis_server.url, config) as b:
+            assert not b.is_leader
+            assert await b.get_leader_id() == a.instance_id
+            token = a.fencing_token
+            assert token is not None
+            await a.stop()
+            await b.wait_until_leader(timeout=2.0)  # a 30 s lease: only the release is this fast
+            assert b.fencing_token is not None
+            assert b.fencing_token > token
+
+
+async def test_url_client_is_closed_and_caller_client_is_not(redis_server: Any, name: str) -> None:
+    config = fast_config(name)
+    seed_fence(redis_server, config)
+    sync = redis_server.sync_client()
+    try:
+        baseline = sync.info("clients")["connected_clients"]
+        async with LeaderElection(redis_server.url, config) as election:
+            assert election.is_leader
+            assert sync.info("clients")["connected_clients"] > baseline
+        # The server notices closed sockets on its next turn: wait for it, with a deadline.
+        await eventually(lambda: sync.info("clients")["connected_clients"] == baseline)
+        client = redis_server.client(decode_responses=True)
+        async with LeaderElection(client, config) as election:
+            assert election.is_leader
+            info = await election.get_leader_info()
+            assert info is not None
+            assert info.instance_id == election.instance_id
+        assert await client.ping()  # still usable: the election did not close it
+        await client.aclose()
+    finally:
+        sync.close()
+
+
+async def test_wrong_password_is_refused_at_start(make_redis_server: Any, name: str) -> None:
+    server = make_redis_server(password="s3cret")
+    url = server.url.replace("s3cret", "wrong")
+    assert url != server.url
+    with pytest.raises(StoreAuthenticationError, match="credentials"):
+        await LeaderElection(url, fast_config(name)).start()
+    no_password = f"redis://{server.host}:{server.port}/0"
+    with pytest.raises(StoreAuthenticationError):
+        await LeaderElection(no_password, fast_config(name)).start()
+
+
+async def test_lock_key_of_another_type_is_refused_and_kept(redis_server: Any, name: str) -> None:
+    config = fast_config(name)
+    with redis_server.sync_client() as sync:
+        sync.hset(config.lock_key, "owner", "legacy")
+        with pytest.raises(WrongKeyTypeError, match=config.lock_key):
+            await LeaderElection(redis_server.url, config).start()
+        assert sync.hgetall(config.lock_key) == {b"owner": b"legacy"}
+
+
+async def test_read_only_replica_is_refused(make_redis_server: Any, name: str) -> None:
+    primary = make_redis_server()
+    replica = make_redis_server(replica_of=primary)
+    with pytest.raises(StoreReadOnlyError, match="primary"):
+        await LeaderElection(replica.url, fast_config(name)).start()
+
+
+async def test_bad_url_is_refused_at_start(name: str) -> None:
+    with pytest.raises(ConfigurationError, match="redis://"):
+        await LeaderElection("redis://localhost:notaport/0", fast_config(name)).start()
+
+
+async def test_redis_down_at_start_is_retried_until_it_comes(
+    make_redis_server: Any, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    config = fast_config(name)
+    with caplog.at_level(logging.WARNING, logger="leaderelection"):
+        async with LeaderElection(f"redis://127.0.0.1:{port}/0", config) as election:
+            assert not election.is_leader  # start() returned: the failure is not fatal
+            assert election.statistics().store_errors >= 1
+            assert any("Failed to acquire leadership" in r.getMessage() for r in caplog.records)
+            server = RedisServer(port=port)
+            try:
+                server.start()
+                seed_fence(server, config)
+                await election.wait_until_leader(timeout=15)
+                assert election.is_leader
+            finally:
+                await election.stop()
+                server.close()
+
+
+@pytest.mark.parametrize("fault", ["killed", "paused"])
+async def test_stop_is_bounded_when_redis_is_gone(redis_server: Any, name: str, fault: str) -> None:
+    config = fast_config(name)
+    seed_fence(redis_server, config)
+    lost = asyncio.Event()
+    election = LeaderElection(redis_server.url, config, on_lose_leadership=lost.set)
+    await election.start()
+    assert election.is_leader
+    if fault == "killed":
+        redis_server.stop()
+    else:
+        redis_server.pause()
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(5):  # a hang would fail here, not hang the suite
+            await election.stop()
+        elapsed = time.monotonic() - started
+        assert not election.is_leader
+        assert lost.is_set()  # the lose callback ran, even without Redis
+        assert elapsed < 5
+    finally:
+        if fault == "paused":
+            redis_server.resume()
