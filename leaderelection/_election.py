@@ -527,6 +527,11 @@ class LeaderElection:
         except StoreError as exc:
             self._stats["errors"] += 1
             delay = core.acquire_failed(now=clock.now(), token=token)
+            if first and isinstance(exc, StoreUnavailableError):
+                # A retrying client can hide a wrong password behind a timeout: look once.
+                cause = await store.diagnose(timeout=self._timings.call_timeout)
+                if cause is not None:
+                    raise cause from exc
             if first and not isinstance(exc, StoreUnavailableError):
                 raise
             logger.warning(

@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Final, TypeVar
 
 from pydantic import ValidationError
 from redis import exceptions as rx
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from ._exceptions import (
     CorruptLeaderInfoError,
@@ -150,7 +152,7 @@ def _text(value: object) -> str:
 
 def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> StoreError:
     """Translate a redis-py (or socket) exception into the library's own, naming what to fix."""
-    message = str(exc)
+    message = str(exc).rstrip(".")
     if isinstance(exc, rx.AuthenticationError | rx.AuthenticationWrongNumberOfArgsError):
         return StoreAuthenticationError(
             f"Redis refused the credentials while {what}: {message}. Check the password and user "
@@ -276,6 +278,39 @@ class RedisStore:
             lambda: self._script(RELEASE, 2, lock, info, token, self._channel, message),
         )
         return int(reply) == 1
+
+    async def diagnose(self, *, timeout: float) -> StoreError | None:
+        """Find a permanent cause behind a failed call, with one connection that never retries.
+
+        A caller's client may retry (redis-py 8 retries ten times by default) and redis-py's
+        AuthenticationError is a ConnectionError, so a wrong password can look like a server
+        that does not answer in time. This opens one fresh connection with retries off, sends
+        PING, and returns the permanent error it meets (authentication, permissions), or None.
+        """
+        pool = getattr(self._client, "connection_pool", None)
+        make = getattr(pool, "make_connection", None)
+        if make is None:  # RedisCluster and unknown clients: nothing to probe with
+            return None
+        try:
+            conn = make()
+        except Exception:
+            return None
+        conn.retry = Retry(NoBackoff(), 0)
+        try:
+            async with asyncio.timeout(timeout):
+                await conn.connect()
+                await conn.send_command("PING")
+                await conn.read_response()
+        except (rx.AuthenticationError, rx.AuthenticationWrongNumberOfArgsError) as exc:
+            return translate(exc, "connecting")
+        except rx.ResponseError as exc:
+            return translate(exc, "connecting") if "NOPERM" in str(exc) else None
+        except (rx.RedisError, OSError, TimeoutError):
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+        return None
 
     async def read_info(self, *, timeout: float) -> LeaderInfo | None:
         """Read the leader-info record; None when no one leads.

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from leaderelection import (
     ConfigurationError,
@@ -70,6 +71,21 @@ async def test_wrong_password_is_refused_at_start(make_redis_server: Any, name: 
     no_password = f"redis://{server.host}:{server.port}/0"
     with pytest.raises(StoreAuthenticationError):
         await LeaderElection(no_password, fast_config(name)).start()
+
+
+async def test_wrong_password_on_a_retrying_caller_client_is_refused(
+    make_redis_server: Any, name: str
+) -> None:
+    """redis-py's AuthenticationError is a ConnectionError: a client that retries would hide it
+    behind a timeout if the election did not look for the cause."""
+    server = make_redis_server(password="s3cret")
+    client = redis.asyncio.Redis(host=server.host, port=server.port, password="wrong")
+    assert client.get_retry() is not None
+    try:
+        with pytest.raises(StoreAuthenticationError, match="credentials"):
+            await LeaderElection(client, fast_config(name)).start()
+    finally:
+        await client.aclose()
 
 
 async def test_lock_key_of_another_type_is_refused_and_kept(redis_server: Any, name: str) -> None:
