@@ -185,6 +185,7 @@ class LeaderElection:
         self._state: State = "new"
         self._store: RedisStore | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._dispatcher: asyncio.Task[Any] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._term: _TermRun | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -409,6 +410,10 @@ class LeaderElection:
                 await self._close_client()
             return
         self._stop_requested.set()
+        if asyncio.current_task() is self._dispatcher:
+            # Called from a callback: the shutdown waits for the callbacks, so it cannot be
+            # awaited here; it completes as soon as this callback returns.
+            return
         await asyncio.shield(self._runner)
 
     async def resign(self) -> None:
@@ -685,6 +690,7 @@ class LeaderElection:
             await self._clock.wait_until(deadline, done)
 
     async def _dispatch(self, done: asyncio.Event) -> None:
+        self._dispatcher = asyncio.current_task()
         try:
             while (item := await self._queue.get()) is not _STOP:
                 kind, run = item

@@ -423,3 +423,21 @@ def test_register_non_callable_is_a_type_error(make_client: Any, config: Electio
         election.on_become_leader(42)  # type: ignore[type-var]
     with pytest.raises(TypeError):
         election.while_leader("nope")  # type: ignore[type-var]
+
+
+async def test_stop_from_inside_a_callback_does_not_deadlock(
+    make_client: Any, config: ElectionConfig
+) -> None:
+    election = LeaderElection(make_client(), config)
+    lost = asyncio.Event()
+
+    @election.on_become_leader
+    async def stop_at_once() -> None:
+        await election.stop()  # returns at once; the shutdown follows this callback
+
+    election.on_lose_leadership(lost.set)
+    await election.start()
+    async with asyncio.timeout(5):
+        await lost.wait()
+        await election.stop()
+    assert election.statistics().state == "stopped"

@@ -153,3 +153,20 @@ async def test_stop_is_bounded_when_redis_is_gone(redis_server: Any, name: str, 
     finally:
         if fault == "paused":
             redis_server.resume()
+
+
+async def test_first_election_on_a_brand_new_server_is_held_back(
+    redis_server: Any, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Guarantee 1's exception: a fresh server may have lost a live leader's lock."""
+    config = fast_config(name)  # 1 s lease: no term before the server's uptime exceeds 2 s
+    with caplog.at_level(logging.WARNING, logger="leaderelection"):
+        async with LeaderElection(redis_server.url, config) as election:
+            assert not election.is_leader
+            stats = election.statistics()
+            assert stats.restart_protection
+            assert stats.state == "held_back"
+            assert any("holding elections back" in r.getMessage() for r in caplog.records)
+            await election.wait_until_leader(timeout=10)
+            assert redis_server.uptime() >= 3
+            assert not election.statistics().restart_protection
