@@ -12,6 +12,8 @@ Quick start::
 See the README and ``docs/`` for the guarantees and their limits.
 """
 
+import logging
+
 from ._callbacks import ErrorHandler
 from ._clock import Clock, MonotonicClock
 from ._config import ElectionConfig, parse_duration
@@ -50,3 +52,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+logging.getLogger("leaderelection").addHandler(logging.NullHandler())

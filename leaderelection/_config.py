@@ -187,7 +187,7 @@ class ElectionConfig(BaseModel):
                 "timings must satisfy heartbeat_interval < renew_deadline < lock_ttl, got "
                 f"heartbeat_interval={_fmt(self.heartbeat_interval)}, "
                 f"renew_deadline={_fmt(deadline)}, lock_ttl={_fmt(self.lock_ttl)}: a leader must "
-                "renew several times before it gives up, and give up before its lease expires"
+                "get to renew before it gives up, and give up before its lease expires"
             )
         keys = {"lock_key": self.lock_key, "info_key": self.info_key, "fence_key": self.fence_key}
         if len(set(keys.values())) != len(keys):

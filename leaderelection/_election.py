@@ -274,7 +274,15 @@ class LeaderElection:
             StoreError: Redis failed or did not answer in time.
             CorruptLeaderInfoError: the stored record is not valid LeaderInfo JSON.
         """
-        return await self._get_store().read_info(timeout=self._timings.call_timeout)
+        timeout = self._timings.call_timeout
+        if self._owns_client and self._state == "stopped":
+            # The election's own client is closed; read with a short-lived one.
+            client = _client_from_url(self._url or "", timeout)
+            try:
+                return await self._make_store(client).read_info(timeout=timeout)
+            finally:
+                await client.aclose()
+        return await self._get_store().read_info(timeout=timeout)
 
     async def get_leader_id(self) -> str | None:
         """Read the leader's instance id from the store; None when no one leads."""
@@ -293,6 +301,11 @@ class LeaderElection:
         self._require_running()
         async with asyncio.timeout(timeout):
             while not self.is_leader:
+                if self._leader_event.is_set():
+                    # The lease ran out while the loop was busy; the watchdog ends the term on
+                    # its next turn and sets the follower event.
+                    await self._follower_event.wait()
+                    continue
                 await _wait_first(self._leader_event, self._stopped)
                 if self._stopped.is_set() or self._state in ("stopping", "stopped"):
                     raise ElectionNotRunningError(
@@ -433,7 +446,7 @@ class LeaderElection:
             return
         self._apply(transitions)
         await self._finish_leader_tasks(run)
-        await self._release(run.term.token, voluntary=True)
+        await self._release(run.term.token, term=run.term)
 
     # ------------------------------------------------------------------------ internals
 
@@ -449,15 +462,18 @@ class LeaderElection:
             if self._client is None:
                 assert self._url is not None
                 self._client = _client_from_url(self._url, self._timings.call_timeout)
-            cfg = self._config
-            self._store = RedisStore(
-                self._client,
-                lock_key=cfg.lock_key,
-                info_key=cfg.info_key,
-                fence_key=cfg.fence_key,
-                channel=cfg.release_channel,
-            )
+            self._store = self._make_store(self._client)
         return self._store
+
+    def _make_store(self, client: Any) -> RedisStore:
+        cfg = self._config
+        return RedisStore(
+            client,
+            lock_key=cfg.lock_key,
+            info_key=cfg.info_key,
+            fence_key=cfg.fence_key,
+            channel=cfg.release_channel,
+        )
 
     async def _close_client(self) -> None:
         if self._owns_client and self._client is not None:
@@ -508,9 +524,9 @@ class LeaderElection:
         self._apply(self._core.stop(self._clock.now()))
         if run is not None:
             await self._finish_leader_tasks(run)
-            await self._release(run.term.token, voluntary=True)
+            await self._release(run.term.token, term=run.term)
         elif stale is not None:
-            await self._release(stale, voluntary=False)
+            await self._release(stale, term=None)
         self._queue.put_nowait(_STOP)
         await dispatcher_done.wait()
 
@@ -707,10 +723,11 @@ class LeaderElection:
         finally:
             done.set()
 
-    async def _release(self, token: str, *, voluntary: bool) -> None:
+    async def _release(self, token: str, *, term: Term | None) -> None:
+        """Release the lock if it holds ``token``; ``term``: the ended term (None: stale token)."""
         assert self._store is not None
-        if voluntary:
-            logger.info("Releasing leadership voluntarily", extra=self._extra())
+        if term is not None:
+            logger.info("Releasing leadership voluntarily", extra=self._extra(term))
         try:
             await self._store.release(
                 token, self._instance_id, timeout=min(self._timings.call_timeout, _RELEASE_TIMEOUT)
@@ -746,7 +763,8 @@ class LeaderElection:
         return text[:-1] + f',"fencing_token":{term.fencing_token}}}'
 
     def _extra(self, term: Term | None = None) -> dict[str, Any]:
-        term = term or self._core.term
+        if term is None and self._core.phase is Phase.LEADER:
+            term = self._core.term
         return {
             "election": self._config.name,
             "instance_id": self._instance_id,

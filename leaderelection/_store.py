@@ -150,6 +150,10 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# How servers word a missing ACL permission, also inside scripts (Redis 6.2, 7, Valkey 8).
+_NO_PERMISSION: Final = ("NOPERM", "no permissions", "can't run this command", "ACL failure")
+
+
 def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> StoreError:
     """Translate a redis-py (or socket) exception into the library's own, naming what to fix."""
     message = str(exc).rstrip(".")
@@ -158,7 +162,7 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
             f"Redis refused the credentials while {what}: {message}. Check the password and user "
             "in the URL or client"
         )
-    if isinstance(exc, rx.NoPermissionError) or "NOPERM" in message:
+    if isinstance(exc, rx.NoPermissionError) or any(m in message for m in _NO_PERMISSION):
         return StoreAuthenticationError(
             f"the Redis user lacks a permission needed while {what}: {message}. Grant EVALSHA, "
             "EVAL, GET, SET, PEXPIRE, PTTL, DEL, INCR, PUBLISH, SUBSCRIBE, INFO and TIME on the "
@@ -348,6 +352,7 @@ def _holder_id(raw: object) -> str | None:
 
 
 ReleaseListener = Callable[[], None]
+_READ_TIMEOUT: Final = 1.0  # seconds a pub/sub read waits before the listener looks around
 
 
 class ReleaseHub:
@@ -405,9 +410,16 @@ class ReleaseHub:
                             await self._pubsub.unsubscribe(channel)
         if not self._listeners and self._task is not None:
             task, self._task = self._task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # redis-py can swallow a cancellation that lands inside a pub/sub read, so cancel
+            # again until the task ends; the listener also sees that no one listens any more
+            # within one read timeout.
+            for _ in range(4 * int(_READ_TIMEOUT) + 4):
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    break
+            else:
+                logger.warning("The release listener did not stop; leaving it to end on its own")
 
     def _notify(self, channel: str) -> None:
         for listener in list(self._listeners.get(channel, ())):
@@ -415,7 +427,7 @@ class ReleaseHub:
 
     async def _listen(self) -> None:
         backoff = 0.05
-        reconnect = False
+        reconnect = warned = False
         try:
             while self._listeners:
                 pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -426,21 +438,31 @@ class ReleaseHub:
                         for channel in list(self._listeners):
                             self._notify(channel)
                     backoff = 0.05
-                    while True:
-                        message = await pubsub.get_message(timeout=None)
+                    while self._listeners:
+                        message = await pubsub.get_message(timeout=_READ_TIMEOUT)
                         if message is not None and message.get("type") == "message":
                             self._notify(_text(message["channel"]))
                 except (rx.RedisError, OSError) as exc:
-                    logger.debug("Release subscription lost, reconnecting: %s", exc)
+                    error = translate(exc, "subscribing to the release channel")
+                    if isinstance(error, StoreAuthenticationError) and not warned:
+                        warned = True
+                        logger.warning(
+                            "Release channel subscription refused (%s): followers will take over "
+                            "only when a lease expires, not at once on release",
+                            error,
+                        )
+                    else:
+                        logger.debug("Release subscription lost, reconnecting: %s", exc)
                 finally:
                     self._pubsub = None
                     with contextlib.suppress(Exception):
-                        await asyncio.shield(_close_pubsub(pubsub))
+                        async with asyncio.timeout(1.0):
+                            await asyncio.shield(_close_pubsub(pubsub))
                 reconnect = True
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 30.0 if warned else 2.0)
         except asyncio.CancelledError:
-            raise
+            pass
 
 
 async def _close_pubsub(pubsub: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -441,3 +442,20 @@ async def test_stop_from_inside_a_callback_does_not_deadlock(
         await lost.wait()
         await election.stop()
     assert election.statistics().state == "stopped"
+
+
+async def test_is_leader_reads_the_clock_when_the_loop_was_blocked(
+    make_client: Any, config: ElectionConfig
+) -> None:
+    """A blocked event loop cannot run the watchdog, but ``is_leader`` turns False on time, and
+    waiting for leadership neither spins nor resumes the old term."""
+    async with LeaderElection(make_client(), config) as election:
+        first = election.fencing_token
+        assert first is not None
+        time.sleep(0.8)  # noqa: ASYNC251 - the fault: block the loop past renew_deadline (0.667 s)
+        assert not election.is_leader
+        assert election.fencing_token is None
+        assert election.leader_event.is_set()  # only the watchdog clears it, on its next turn
+        await election.wait_until_leader(timeout=5)
+        assert election.fencing_token is not None
+        assert election.fencing_token > first  # a new term, never the old one resumed

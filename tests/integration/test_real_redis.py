@@ -170,3 +170,25 @@ async def test_first_election_on_a_brand_new_server_is_held_back(
             await election.wait_until_leader(timeout=10)
             assert redis_server.uptime() >= 3
             assert not election.statistics().restart_protection
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        ("+@all", "-evalsha", "-eval"),  # cannot run scripts at all
+        ("+@all", "-set"),  # the script itself is refused a command
+    ],
+    ids=["no-scripts", "no-set-in-script"],
+)
+async def test_missing_acl_permission_is_refused_at_start(
+    redis_server: Any, name: str, rules: tuple[str, ...]
+) -> None:
+    with redis_server.sync_client() as sync:
+        sync.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", *rules)
+    config = fast_config(name)
+    seed_fence(redis_server, config)
+    url = f"redis://app:pw@{redis_server.host}:{redis_server.port}/0"
+    for _ in range(5):  # a start that hung on its way out once did so about one time in three
+        async with asyncio.timeout(5):
+            with pytest.raises(StoreAuthenticationError, match="permission"):
+                await LeaderElection(url, config).start()
