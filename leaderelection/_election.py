@@ -669,6 +669,7 @@ class LeaderElection:
         run = self._term
         assert run is not None and run.term is lost.term
         self._term = None
+        self._leader_id = None  # unknown until the store is read again
         self._leader_event.clear()
         self._follower_event.set()
         run.scope.cancel()

@@ -1,0 +1,287 @@
+"""Worker processes of the benchmark, started by ``run.py`` through multiprocessing (forkserver).
+
+Each worker talks to the driver over a ``multiprocessing`` pipe with small tuples. Timestamps are
+``time.monotonic()``, which on Linux is CLOCK_MONOTONIC, one clock for every process on the
+machine, so a time taken in one process can be subtracted from a time taken in another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import os
+import resource
+import threading
+import time
+import tracemalloc
+from multiprocessing.connection import Connection
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from _common import commandstats, rss_bytes, stats_delta
+
+from leaderelection import ElectionConfig, LeaderElection
+
+__all__ = [
+    "election_worker",
+    "idle_worker",
+    "prl_handoff_worker",
+    "prl_load_worker",
+]
+
+
+def _inbox(conn: Connection) -> asyncio.Queue[tuple[Any, ...]]:
+    """Commands from the driver, delivered into the running event loop without a thread."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            while conn.poll():
+                queue.put_nowait(conn.recv())
+        except (EOFError, OSError):
+            loop.remove_reader(conn.fileno())
+            queue.put_nowait(("stop",))
+
+    loop.add_reader(conn.fileno(), readable)
+    return queue
+
+
+async def _report_terms(conn: Connection, election: LeaderElection) -> None:
+    """Send ``("leader", monotonic time, pid)`` each time ``leader_event`` gets set."""
+    while True:
+        await election.leader_event.wait()
+        conn.send(("leader", time.monotonic(), os.getpid()))
+        await election.wait_until_follower()
+
+
+def election_worker(conn: Connection, url: str, config_fields: dict[str, Any]) -> None:
+    """A candidate of one election that resigns on ``("resign",)`` and reports its terms.
+
+    Replies ``("ready", is_leader, pid)`` once started, ``("leader", t, pid)`` whenever it becomes
+    leader, ``("resigned", t_before_resign, t_after_resign)`` after a resign.
+    """
+    asyncio.run(_election_worker(conn, url, config_fields))
+
+
+async def _election_worker(conn: Connection, url: str, config_fields: dict[str, Any]) -> None:
+    inbox = _inbox(conn)
+    client = aioredis.Redis.from_url(url)
+    config = ElectionConfig(**config_fields)
+    try:
+        async with LeaderElection(client, config) as election:
+            watcher = asyncio.create_task(_report_terms(conn, election))
+            conn.send(("ready", election.is_leader, os.getpid()))
+            while (command := await inbox.get())[0] != "stop":
+                if command[0] == "resign":
+                    before = time.monotonic()
+                    await election.resign()
+                    conn.send(("resigned", before, time.monotonic()))
+            watcher.cancel()
+    finally:
+        await client.aclose()
+    conn.send(("stopped",))
+
+
+def prl_handoff_worker(
+    conn: Connection, url: str, name: str, lead_first: bool, rearm_s: float
+) -> None:
+    """python-redis-lock in a plain synchronous process: hold, release on command, wait again.
+
+    Replies ``("ready",)`` (followers, before blocking in acquire), ``("leader", t, pid)`` each
+    time ``acquire(blocking=True)`` returns, ``("released", t_before, t_after)`` after a release.
+    After a release it sleeps ``rearm_s`` and then blocks in ``acquire`` again, so it never races
+    the waiting process for the lock it just gave away.
+    """
+    import redis_lock
+
+    client = redis.Redis.from_url(url)
+    lock = redis_lock.Lock(client, name, expire=10)
+    if not lead_first:
+        conn.send(("ready",))
+    lock.acquire(blocking=True)
+    conn.send(("leader", time.monotonic(), os.getpid()))
+    while True:
+        command = conn.recv()
+        if command[0] == "release":
+            before = time.monotonic()
+            lock.release()
+            conn.send(("released", before, time.monotonic()))
+            time.sleep(rearm_s)
+            lock.acquire(blocking=True)
+            conn.send(("leader", time.monotonic(), os.getpid()))
+        elif command[0] == "stop":
+            lock.release()
+            break
+    client.close()
+    conn.send(("stopped",))
+
+
+def prl_load_worker(conn: Connection, url: str, name: str, waiters: int) -> None:
+    """One python-redis-lock holder (auto renewal) and ``waiters`` threads blocked in acquire.
+
+    Every ``redis.Redis.execute_command`` is counted client side, per role, so the driver can
+    report round trips per waiting locker. On ``("report",)`` replies ``("counts", {...})``.
+    The driver kills this process at the end (the waiters block for good).
+    """
+    import redis_lock
+
+    counts: collections.Counter[str] = collections.Counter()
+    guard = threading.Lock()
+    role = threading.local()
+    original = redis.Redis.execute_command
+
+    def counting(self: redis.Redis, *args: Any, **options: Any) -> Any:
+        with guard:
+            counts[getattr(role, "name", "holder")] += 1
+        return original(self, *args, **options)
+
+    redis.Redis.execute_command = counting  # type: ignore[method-assign]
+    client = redis.Redis.from_url(url, max_connections=waiters + 10)
+    holder = redis_lock.Lock(client, name, expire=10, auto_renewal=True)
+    holder.acquire(blocking=True)
+
+    def wait_for_lock() -> None:
+        role.name = "waiter"
+        redis_lock.Lock(client, name, expire=10).acquire(blocking=True)
+
+    threads = [threading.Thread(target=wait_for_lock, daemon=True) for _ in range(waiters)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    conn.send(("ready",))
+    while True:
+        command = conn.recv()
+        if command[0] == "report":
+            with guard:
+                conn.send(("counts", dict(counts)))
+
+
+def idle_worker(conn: Connection, url: str, name: str, spec: dict[str, Any]) -> None:
+    """``spec["count"]`` idle followers in this process on one shared client: memory and CPU.
+
+    With ``spec["trace"]`` the memory is measured with tracemalloc (and no CPU window: tracing
+    slows Python down); without it, RSS and CPU over an idle window of ``spec["window_s"]``.
+    """
+    result = asyncio.run(_idle(url, name, spec["count"], spec["window_s"], spec["trace"]))
+    conn.send(("result", result))
+
+
+def _traced() -> int:
+    return tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
+
+
+async def _idle(url: str, name: str, count: int, window_s: float, trace: bool) -> dict[str, Any]:
+    if trace:
+        tracemalloc.start()
+    long_timings: dict[str, Any] = {
+        "lock_ttl": 600,
+        "heartbeat_interval": 200,
+        "retry_interval": 100,
+    }
+    holder_client = aioredis.Redis.from_url(url)
+    # Seed the fence key with one short election: restart protection holds a term back only
+    # while the fence key is missing, and with lock_ttl=600 it would wait ten minutes.
+    async with LeaderElection(holder_client, ElectionConfig(name=name)) as seed:
+        if not seed.is_leader:
+            raise RuntimeError("the seeding election did not lead")
+    # The leader lives on its own client, outside the measured set, so all candidates follow.
+    holder = LeaderElection(holder_client, ElectionConfig(name=name, **long_timings))
+    await holder.start()
+    if not holder.is_leader:
+        raise RuntimeError("the holder did not lead")
+
+    client = aioredis.Redis.from_url(url)
+    await client.ping()
+    config = ElectionConfig(name=name, **long_timings)  # one config serves every candidate
+    sync = redis.Redis.from_url(url)
+
+    gc.collect()
+    rss0, traced0 = rss_bytes(), _traced()
+    snap0 = tracemalloc.take_snapshot() if trace else None
+    elections: list[LeaderElection] = []
+    started = time.monotonic()
+    for _ in range(count):
+        election = LeaderElection(client, config)
+        await election.start()
+        elections.append(election)
+    start_s = time.monotonic() - started
+    await asyncio.sleep(1.0)  # every campaign loop reaches its long sleep
+    gc.collect()
+    rss1, traced1 = rss_bytes(), _traced()
+    top: list[str] = []
+    if snap0 is not None:
+        snap1 = tracemalloc.take_snapshot()
+        for stat in snap1.compare_to(snap0, "lineno")[:12]:
+            frame = stat.traceback[0]
+            where = frame.filename.split("site-packages/")[-1].split("/work/main/")[-1]
+            top.append(f"{stat.size_diff / count:8.0f} B/candidate  {where}:{frame.lineno}")
+    followers = sum(1 for e in elections if not e.is_leader)
+    pool = client.connection_pool
+    connections = len(getattr(pool, "_available_connections", ())) + len(
+        getattr(pool, "_in_use_connections", ())
+    )
+
+    cpu: dict[str, float] = {}
+    commands: dict[str, int] = {}
+    if window_s > 0:
+        stats0 = commandstats(sync)
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        await asyncio.sleep(window_s)
+        cpu1, wall1 = time.process_time(), time.monotonic()
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        commands = stats_delta(stats0, commandstats(sync))
+        commands.pop("info", None)
+        cpu = {
+            "window_s": wall1 - wall0,
+            "process_cpu_s": cpu1 - cpu0,
+            "user_s": usage1.ru_utime - usage0.ru_utime,
+            "system_s": usage1.ru_stime - usage0.ru_stime,
+            "voluntary_switches": usage1.ru_nvcsw - usage0.ru_nvcsw,
+        }
+
+    # Reference: redis-py asyncio Lock objects (created and acquired) and python-redis-lock
+    # objects (created), the same number, measured the same way.
+    import redis_lock
+
+    gc.collect()
+    rss2, traced2 = rss_bytes(), _traced()
+    locks = [client.lock(f"{name}:redis-py:{i}", timeout=600) for i in range(count)]
+    for lock in locks:
+        await lock.acquire()
+    gc.collect()
+    rss3, traced3 = rss_bytes(), _traced()
+    prl_locks = [redis_lock.Lock(sync, f"{name}:prl:{i}", expire=600) for i in range(count)]
+    gc.collect()
+    rss4, traced4 = rss_bytes(), _traced()
+
+    stop_started = time.monotonic()
+    for election in elections:
+        await election.stop()
+    stop_s = time.monotonic() - stop_started
+    await holder.stop()
+    del prl_locks
+    await client.aclose()
+    await holder_client.aclose()
+    sync.close()
+    if trace:
+        tracemalloc.stop()
+    return {
+        "count": count,
+        "followers": followers,
+        "pool_connections": connections,
+        "start_all_s": start_s,
+        "stop_all_s": stop_s,
+        "rss_per_candidate_b": (rss1 - rss0) / count,
+        "traced_per_candidate_b": (traced1 - traced0) / count,
+        "top_allocations": top,
+        "cpu": cpu,
+        "idle_commands": commands,
+        "redis_py_lock_rss_b": (rss3 - rss2) / count,
+        "redis_py_lock_traced_b": (traced3 - traced2) / count,
+        "prl_lock_rss_b": (rss4 - rss3) / count,
+        "prl_lock_traced_b": (traced4 - traced3) / count,
+    }
