@@ -127,6 +127,7 @@ class ElectionCore:
         self.stale_token: str | None = None  # an acquire of ours with unknown outcome
         self.errors = 0  # consecutive store errors
         self.terms_won = 0
+        self.notices = 0  # releases announced to this follower so far
 
     # ----------------------------------------------------------------------------- queries
 
@@ -160,10 +161,17 @@ class ElectionCore:
         self.next_renew_at = sent_at + self.timings.heartbeat_interval
         return [BecameLeader(self.term)]
 
-    def held(self, *, now: float, remaining_ms: int) -> None:
-        """Someone else holds the lock; sleep until their lease can have expired."""
+    def held(self, *, now: float, remaining_ms: int, notices_at_send: int | None = None) -> None:
+        """Someone else holds the lock; sleep until their lease can have expired.
+
+        ``notices_at_send`` is ``notices`` when the acquire was sent: a release announced while it
+        was in flight may have come after the store answered, so try again at once.
+        """
         self.errors = 0
         self.stale_token = None
+        if notices_at_send is not None and notices_at_send != self.notices:
+            self.next_acquire_at = max(now, self.held_back_until)
+            return
         if remaining_ms < 0:  # a lock without expiry (not ours): look again later
             delay = self.timings.retry_interval
         else:
@@ -191,6 +199,7 @@ class ElectionCore:
         """A release was announced; returns True when an attempt is now due."""
         if self.phase is not Phase.FOLLOWER or now < self.held_back_until:
             return False
+        self.notices += 1
         self.next_acquire_at = min(self.next_acquire_at, now)
         return True
 

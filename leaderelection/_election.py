@@ -534,6 +534,7 @@ class LeaderElection:
         core, clock = self._core, self._clock
         token = secrets.token_hex(16)
         sent = clock.now()
+        notices = core.notices
         self._stats["attempts"] += 1
         try:
             result = await store.acquire(
@@ -573,7 +574,7 @@ class LeaderElection:
         elif isinstance(result, Held):
             self._held_back = False
             self._leader_id = result.holder_id
-            core.held(now=now, remaining_ms=result.remaining_ms)
+            core.held(now=now, remaining_ms=result.remaining_ms, notices_at_send=notices)
         else:
             if not self._held_back:
                 logger.warning(

@@ -171,6 +171,16 @@ def test_release_notice_wakes_a_follower_at_once() -> None:
     assert c.next_acquire_at == 51.0
 
 
+def test_release_notice_during_an_acquire_in_flight_is_not_lost() -> None:
+    c = core()
+    notices = c.notices  # the acquire is sent
+    assert c.release_noticed(now=50.0)  # the release is announced before the answer arrives
+    c.held(now=50.001, remaining_ms=9000, notices_at_send=notices)  # the answer: still held
+    assert c.next_acquire_at == 50.001  # try again at once, not in 9 s
+    c.held(now=50.002, remaining_ms=9000, notices_at_send=c.notices)
+    assert c.next_acquire_at > 59.0
+
+
 def test_release_notice_is_ignored_by_a_leader_and_during_hold_back() -> None:
     c = leader(sent_at=100.0, now=100.0)
     assert c.release_noticed(now=101.0) is False
