@@ -8,6 +8,7 @@ callbacks still run and the election goes on (aiojobs' exception-handler model).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,12 +44,6 @@ class CallbackList:
             raise TypeError(f"{self.kind} callback must be callable, got {callback!r}")
         self._callbacks.append(callback)
 
-    def __iter__(self) -> Any:
-        return iter(list(self._callbacks))
-
-    def __len__(self) -> int:
-        return len(self._callbacks)
-
     async def run(self, context: Mapping[str, Any], on_error: ErrorHandler | None) -> None:
         """Call every callback in order; report and swallow each ``Exception``."""
         for callback in list(self._callbacks):
@@ -57,6 +52,13 @@ class CallbackList:
                 if inspect.isawaitable(result):
                     await result
             except Exception as exc:
+                report(exc, {**context, "kind": self.kind, "callback": callback}, on_error)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling() > 0:
+                    raise  # the dispatcher itself is being cancelled
+                # A stray CancelledError from awaiting something cancelled is the callback's own
+                # failure: report it and go on with the next callback.
                 report(exc, {**context, "kind": self.kind, "callback": callback}, on_error)
 
 

@@ -74,7 +74,7 @@ class Timings:
 
     @property
     def restart_uptime_s(self) -> int:
-        """Server uptime (s) required before a term is granted when the fence key is missing.
+        """Server uptime (s) required before a free lock is granted (restart protection).
 
         INFO reports whole seconds and can read 1 a few ms after start, so ``uptime >
         ceil(lock_ttl) + 1`` is the safe reading: any leader of the lost data set has stepped down.
@@ -110,6 +110,7 @@ class LostLeadership:
 Transition = BecameLeader | LostLeadership
 
 _HELD_JITTER = (0.0005, 0.003)  # seconds added to a holder's remaining lease before trying again
+_MAX_UNKNOWN = 8  # unknown-outcome tokens kept (the oldest is dropped first)
 
 
 class ElectionCore:
@@ -123,8 +124,11 @@ class ElectionCore:
         self.lease_deadline = 0.0  # while leader: local step-down time
         self.next_renew_at = 0.0  # while leader: when to renew next
         self.next_acquire_at = 0.0  # while follower: when to try to acquire next
-        self.held_back_until = 0.0  # after resign(): no attempts and no wake-ups before this
-        self.stale_token: str | None = None  # an acquire of ours with unknown outcome
+        self.held_back_until = 0.0  # after resign(): no attempts before this
+        # Tokens of ours that the lock may still hold (acquires whose answer was lost, ended terms
+        # not yet released), newest last. The next acquire takes such a lock over; stop() and
+        # resign() release it.
+        self.unknown_tokens: tuple[str, ...] = ()
         self.errors = 0  # consecutive store errors
         self.terms_won = 0
         self.notices = 0  # releases announced to this follower so far
@@ -141,6 +145,14 @@ class ElectionCore:
 
     # ---------------------------------------------------------------------- follower inputs
 
+    def attempt_sent(self, token: str) -> None:
+        """An acquire with ``token`` is about to be sent: its outcome is unknown until answered."""
+        self._remember(token)
+
+    def released(self, tokens: tuple[str, ...]) -> None:
+        """``tokens`` were released (or found not to hold the lock): forget them."""
+        self.unknown_tokens = tuple(t for t in self.unknown_tokens if t not in tokens)
+
     def acquired(
         self, *, sent_at: float, now: float, token: str, fencing_token: int
     ) -> list[Transition]:
@@ -148,12 +160,11 @@ class ElectionCore:
         if self.phase is not Phase.FOLLOWER:
             return []
         self.errors = 0
-        self.stale_token = None
         if now >= sent_at + self.timings.renew_deadline:
-            # Answered too late to lead safely; take it over on the next attempt.
-            self.stale_token = token
+            # Answered too late to lead safely; the token stays unknown, taken over next time.
             self.next_acquire_at = now
             return []
+        self.unknown_tokens = ()  # the lock now holds this term's token, none of the older ones
         self.terms_won += 1
         self.term = Term(self.terms_won, token, fencing_token, sent_at)
         self.phase = Phase.LEADER
@@ -168,7 +179,7 @@ class ElectionCore:
         was in flight may have come after the store answered, so try again at once.
         """
         self.errors = 0
-        self.stale_token = None
+        self.unknown_tokens = ()  # the lock holds someone else's token
         if notices_at_send is not None and notices_at_send != self.notices:
             self.next_acquire_at = max(now, self.held_back_until)
             return
@@ -183,6 +194,7 @@ class ElectionCore:
     def held_back(self, *, now: float, wait_ms: int) -> None:
         """Restart protection is holding elections back for ``wait_ms``."""
         self.errors = 0
+        self.unknown_tokens = ()  # the lock is free
         self.next_acquire_at = max(
             now + wait_ms / 1000 + self._rng.uniform(0.0, 0.05), self.held_back_until
         )
@@ -190,17 +202,23 @@ class ElectionCore:
     def acquire_failed(self, *, now: float, token: str) -> float:
         """The acquire failed or its outcome is unknown; returns the backoff chosen."""
         self.errors += 1
-        self.stale_token = token
+        self._remember(token)
         delay = self.backoff()
         self.next_acquire_at = max(now + delay, self.held_back_until)
         return delay
 
     def release_noticed(self, *, now: float) -> bool:
-        """A release was announced; returns True when an attempt is now due."""
-        if self.phase is not Phase.FOLLOWER or now < self.held_back_until:
+        """A release was announced; returns True when the next attempt moved earlier.
+
+        During a hold-back the attempt moves to the hold-back's end rather than to ``now``.
+        """
+        if self.phase is not Phase.FOLLOWER:
             return False
         self.notices += 1
-        self.next_acquire_at = min(self.next_acquire_at, now)
+        due = max(now, self.held_back_until)
+        if due >= self.next_acquire_at:
+            return False
+        self.next_acquire_at = due
         return True
 
     def backoff(self) -> float:
@@ -249,11 +267,14 @@ class ElectionCore:
     # ---------------------------------------------------------------------- user commands
 
     def resign(self, now: float) -> list[Transition]:
-        """End the term now and hold back for ``retry_interval`` so another can take over."""
-        self.held_back_until = now + self.timings.retry_interval
-        self.next_acquire_at = max(self.next_acquire_at, self.held_back_until)
+        """End the term now and hold back for ``retry_interval`` so another can take over.
+
+        Does nothing when not leader.
+        """
         if self.phase is not Phase.LEADER:
             return []
+        self.held_back_until = now + self.timings.retry_interval
+        self.next_acquire_at = max(self.next_acquire_at, self.held_back_until)
         return self._lose(now, LossReason.RESIGNED)
 
     def stop(self, now: float) -> list[Transition]:
@@ -264,6 +285,10 @@ class ElectionCore:
 
     # ----------------------------------------------------------------------------- helpers
 
+    def _remember(self, token: str) -> None:
+        kept = tuple(t for t in self.unknown_tokens if t != token)
+        self.unknown_tokens = (*kept, token)[-_MAX_UNKNOWN:]
+
     def _holds(self, token: str) -> bool:
         return self.phase is Phase.LEADER and self.term is not None and self.term.token == token
 
@@ -272,9 +297,9 @@ class ElectionCore:
         assert term is not None
         self.phase = Phase.FOLLOWER
         self.lease_deadline = 0.0
-        if reason is LossReason.RENEW_DEADLINE:
-            # The lock may still hold our token (Redis unreachable); take it over when it answers.
-            self.stale_token = term.token
+        if reason is not LossReason.LOCK_LOST:
+            # The lock may still hold the term's token until it is released or expires.
+            self._remember(term.token)
         if reason not in (LossReason.RESIGNED, LossReason.STOPPED):
             self.next_acquire_at = max(now, self.held_back_until)
         return [LostLeadership(term, reason)]

@@ -186,6 +186,7 @@ class LeaderElection:
         self._store: RedisStore | None = None
         self._runner: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[Any] | None = None
+        self._released = asyncio.Event()  # set once stop() has released what may be ours
         self._tg: anyio.abc.TaskGroup | None = None
         self._term: _TermRun | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -403,10 +404,15 @@ class LeaderElection:
         try:
             await asyncio.shield(ready)
         except BaseException:
+            if ready.done() and not ready.cancelled() and ready.exception() is not None:
+                await _wait_shielded(self._runner, self._shutdown_bound())  # ends by itself
+                raise
+            # Cancelled while starting: undo what was started (release a lock the first attempt
+            # may have won), then let the cancellation through.
+            self._stop_requested.set()
             if not ready.done():
                 self._runner.cancel()
-            with contextlib.suppress(BaseException):
-                await self._runner
+            await _wait_shielded(self._runner, self._shutdown_bound())
             raise
 
     async def stop(self) -> None:
@@ -427,7 +433,11 @@ class LeaderElection:
             # Called from a callback: the shutdown waits for the callbacks, so it cannot be
             # awaited here; it completes as soon as this callback returns.
             return
-        await asyncio.shield(self._runner)
+        # Even a cancelled caller waits (boundedly) until the lock is released, so that leaving
+        # a cancelled scope or asyncio.run() does not strand the lease; then the callbacks.
+        await _wait_shielded(self._released, self._shutdown_bound())
+        if not self._runner.done():
+            await asyncio.shield(self._runner)
 
     async def resign(self) -> None:
         """Hand leadership over now and stay a candidate.
@@ -442,13 +452,20 @@ class LeaderElection:
         self._require_running()
         run = self._term
         transitions = self._core.resign(self._clock.now())
-        if not transitions or run is None:
+        if not transitions or run is None or self._tg is None:
             return
         self._apply(transitions)
-        await self._finish_leader_tasks(run)
-        await self._release(run.term.token, term=run.term)
+        # The hand-off runs in the election's task group: it completes even if the caller is
+        # cancelled, or is itself a while_leader task that the end of the term just cancelled.
+        done = asyncio.Event()
+        self._tg.start_soon(self._hand_off, run, done)
+        await done.wait()
 
     # ------------------------------------------------------------------------ internals
+
+    def _shutdown_bound(self) -> float:
+        """How long the release part of a shutdown can take at most, with a margin."""
+        return 2 * self._timings.call_timeout + _RELEASE_TIMEOUT + 0.5
 
     def _require_running(self) -> None:
         if self._state not in ("starting", "running"):
@@ -498,14 +515,18 @@ class LeaderElection:
                 self._state = "running"
                 ready.set_result(None)
                 dispatcher_done = asyncio.Event()
+                campaign_done = asyncio.Event()
                 campaign = anyio.CancelScope()
                 tg.start_soon(self._dispatch, dispatcher_done)
-                tg.start_soon(self._campaign, store, campaign)
+                tg.start_soon(self._campaign, store, campaign, campaign_done)
                 await self._stop_requested.wait()
-                await self._shutdown(campaign, dispatcher_done)
+                await self._shutdown(campaign, campaign_done, dispatcher_done)
                 tg.cancel_scope.cancel()
         finally:
             self._tg = None
+            # Whatever ended the runner (a stop, a cancellation, a bug), end the term and release
+            # what may be ours; callbacks still queued run here, in order.
+            await self._abandon()
             if hub is not None:
                 await hub.remove(channel, self._on_release)
             self._state = "stopped"
@@ -514,34 +535,60 @@ class LeaderElection:
             self._stopped.set()
             await self._close_client()
             if not ready.done():
-                ready.set_exception(ElectionNotRunningError("the election was cancelled"))
+                ready.cancel()  # start() was cancelled before the first attempt finished
 
-    async def _shutdown(self, campaign: anyio.CancelScope, dispatcher_done: asyncio.Event) -> None:
+    async def _shutdown(
+        self,
+        campaign: anyio.CancelScope,
+        campaign_done: asyncio.Event,
+        dispatcher_done: asyncio.Event,
+    ) -> None:
         self._state = "stopping"
         campaign.cancel()
         run = self._term
-        stale = self._core.stale_token
         self._apply(self._core.stop(self._clock.now()))
+        # An acquire in flight may still win: let its cancellation land before releasing.
+        await self._clock.wait_until(self._clock.now() + self._timings.call_timeout, campaign_done)
         if run is not None:
             await self._finish_leader_tasks(run)
-            await self._release(run.term.token, term=run.term)
-        elif stale is not None:
-            await self._release(stale, term=None)
+        await self._release_unknown(run.term if run is not None else None)
+        self._released.set()
         self._queue.put_nowait(_STOP)
         await dispatcher_done.wait()
+
+    async def _abandon(self) -> None:
+        """Leave nothing behind: end the term, release, run the callbacks still queued."""
+        self._apply(self._core.stop(self._clock.now()))
+        if not self._released.is_set():
+            await self._release_unknown(None)
+            self._released.set()
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not _STOP:
+                await self._run_callbacks(*item)
+
+    async def _hand_off(self, run: _TermRun, done: asyncio.Event) -> None:
+        """After resign(): let the term's tasks finish, then release so a follower takes over."""
+        try:
+            await self._finish_leader_tasks(run)
+            await self._release_unknown(run.term)
+        finally:
+            done.set()
 
     async def _attempt(self, store: RedisStore, *, first: bool = False) -> None:
         core, clock = self._core, self._clock
         token = secrets.token_hex(16)
         sent = clock.now()
         notices = core.notices
+        unknown = core.unknown_tokens
+        core.attempt_sent(token)
         self._stats["attempts"] += 1
         try:
             result = await store.acquire(
                 token,
                 self._info_json(None, sent_wall=_utcnow()),
                 self._timings.lock_ttl_ms,
-                stale_token=core.stale_token,
+                unknown_tokens=unknown,
                 min_uptime_s=self._timings.restart_uptime_s,
                 timeout=self._timings.call_timeout,
                 check_role=first,
@@ -587,18 +634,23 @@ class LeaderElection:
             self._held_back = True
             core.held_back(now=now, wait_ms=result.wait_ms)
 
-    async def _campaign(self, store: RedisStore, scope: anyio.CancelScope) -> None:
+    async def _campaign(
+        self, store: RedisStore, scope: anyio.CancelScope, done: asyncio.Event
+    ) -> None:
         core, clock = self._core, self._clock
-        with scope:
-            while True:
-                if core.phase is Phase.LEADER:
-                    await self._follower_event.wait()
-                    continue
-                if core.next_acquire_at > clock.now():
-                    self._wake.clear()
-                    await clock.wait_until(core.next_acquire_at, self._wake)
-                    continue
-                await self._attempt(store)
+        try:
+            with scope:
+                while True:
+                    if core.phase is Phase.LEADER:
+                        await self._follower_event.wait()
+                        continue
+                    if core.next_acquire_at > clock.now():
+                        self._wake.clear()
+                        await clock.wait_until(core.next_acquire_at, self._wake)
+                        continue
+                    await self._attempt(store)
+        finally:
+            done.set()
 
     async def _lead(self, run: _TermRun, store: RedisStore) -> None:
         with run.scope:
@@ -698,6 +750,12 @@ class LeaderElection:
                 await func()
         except Exception as exc:
             report(exc, self._context("while_leader", func, run.term), self._on_error)
+        except asyncio.CancelledError as exc:
+            if _being_cancelled():
+                raise
+            # A stray CancelledError (the task awaited something that was cancelled) ends
+            # this task only, like any other exception.
+            report(exc, self._context("while_leader", func, run.term), self._on_error)
         finally:
             done.set()
 
@@ -712,28 +770,29 @@ class LeaderElection:
         try:
             while (item := await self._queue.get()) is not _STOP:
                 kind, run = item
-                if kind == "become":
-                    await self._become.run(
-                        self._context("on_become_leader", None, run.term), self._on_error
-                    )
-                else:
+                if kind == "lose":
                     for _, task_done in run.tasks:
                         await task_done.wait()
-                    await self._lose.run(
-                        self._context("on_lose_leadership", None, run.term), self._on_error
-                    )
+                await self._run_callbacks(kind, run)
         finally:
             done.set()
 
-    async def _release(self, token: str, *, term: Term | None) -> None:
-        """Release the lock if it holds ``token``; ``term``: the ended term (None: stale token)."""
-        assert self._store is not None
+    async def _run_callbacks(self, kind: str, run: _TermRun) -> None:
+        callbacks = self._become if kind == "become" else self._lose
+        await callbacks.run(self._context(callbacks.kind, None, run.term), self._on_error)
+
+    async def _release_unknown(self, term: Term | None) -> None:
+        """Release the lock if it holds any token of ours (``term``: the term just ended)."""
+        tokens = self._core.unknown_tokens
+        if self._store is None or not tokens:
+            return
         if term is not None:
             logger.info("Releasing leadership voluntarily", extra=self._extra(term))
         try:
             await self._store.release(
-                token, self._instance_id, timeout=min(self._timings.call_timeout, _RELEASE_TIMEOUT)
+                tokens, self._instance_id, timeout=min(self._timings.call_timeout, _RELEASE_TIMEOUT)
             )
+            self._core.released(tokens)
         except StoreError as exc:
             self._stats["errors"] += 1
             logger.warning(
@@ -781,6 +840,37 @@ class LeaderElection:
             "instance_id": self._instance_id,
             "fencing_token": term.fencing_token,
         }
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task has a cancellation pending (ours to honour, not to report)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _wait_shielded(awaitable: asyncio.Event | asyncio.Future[Any], timeout: float) -> None:
+    """Wait up to ``timeout`` for an event or future even if the caller is cancelled meanwhile;
+    a cancellation that arrived is raised afterwards."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    waiter = (
+        asyncio.ensure_future(awaitable.wait())
+        if isinstance(awaitable, asyncio.Event)
+        else awaitable
+    )
+    cancelled: BaseException | None = None
+    with anyio.CancelScope(shield=True):
+        while not waiter.done() and (left := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait({waiter}, timeout=left)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+    if isinstance(awaitable, asyncio.Event):
+        waiter.cancel()
+    elif waiter.done() and not waiter.cancelled():
+        waiter.exception()  # retrieved: a failed start() reports it once, from start()
+    if cancelled is not None:
+        raise cancelled
 
 
 async def _wait_first(*events: asyncio.Event) -> None:

@@ -46,10 +46,10 @@ T = TypeVar("T")
 # ARGV[1] the new term's random token
 # ARGV[2] lease length in milliseconds
 # ARGV[3] the info record as JSON without its closing brace (the script adds the fencing token)
-# ARGV[4] a token of ours whose acquire had an unknown outcome, or "" (such a lock is taken over)
-# ARGV[5] restart protection: the server uptime in seconds needed before a term is granted while
-#         the fence key is missing (the server may have lost its data while a leader was alive);
-#         0 disables it
+# ARGV[4] tokens of ours the lock may still hold, comma-separated, or "" (such a lock is taken over)
+# ARGV[5] restart protection: the server uptime in seconds needed before a free lock is granted
+#         (a restarted server may have lost, or restored from an older snapshot, the lock of a
+#         leader that is still alive); 0 disables it
 # ARGV[6] "1" to refuse with READONLY when the server is a replica (checked on the first attempt,
 #         since a replica only shows it is read-only once a write is tried)
 # Returns {1, fencing token (string), lease ms}         acquired
@@ -62,21 +62,19 @@ if ARGV[6] == '1' and string.find(redis.call('INFO', 'replication'), 'role:slave
   return redis.error_reply("READONLY You can't write against a read only replica.")
 end
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[4] then
+if holder and not string.find(',' .. ARGV[4] .. ',', ',' .. holder .. ',', 1, true) then
   return {0, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
+end
+local need = tonumber(ARGV[5])
+if not holder and need > 0 then
+  local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
+  if uptime < need then
+    return {2, (need - uptime) * 1000, uptime}
+  end
 end
 local fence = redis.call('GET', KEYS[3])
 if fence and not tonumber(fence) then
   return redis.error_reply('WRONGTYPE leaderelection fence key ' .. KEYS[3] .. ' is not an integer')
-end
-if not fence then
-  local need = tonumber(ARGV[5])
-  if need > 0 then
-    local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
-    if uptime < need then
-      return {2, (need - uptime) * 1000, uptime}
-    end
-  end
 end
 local t = redis.call('TIME')
 local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
@@ -106,10 +104,11 @@ return 0
 """
 
 # KEYS[1] lock key, KEYS[2] info key
-# ARGV[1] our term's token, ARGV[2] release channel, ARGV[3] message (our instance id)
-# Returns 1 when the lock was ours and is now deleted (and followers were told), else 0.
+# ARGV[1] tokens of ours, comma-separated, ARGV[2] release channel, ARGV[3] message (instance id)
+# Returns 1 when the lock held one of them and is now deleted (and followers were told), else 0.
 RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder and string.find(',' .. ARGV[1] .. ',', ',' .. holder .. ',', 1, true) then
   redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
@@ -235,7 +234,7 @@ class RedisStore:
         info_prefix: str,
         ttl_ms: int,
         *,
-        stale_token: str | None,
+        unknown_tokens: tuple[str, ...],
         min_uptime_s: int,
         timeout: float,
         check_role: bool = False,
@@ -251,7 +250,7 @@ class RedisStore:
                 token,
                 ttl_ms,
                 info_prefix,
-                stale_token or "",
+                ",".join(unknown_tokens),
                 0 if self._in_process else min_uptime_s,
                 "1" if check_role and not self._in_process else "0",
             ),
@@ -273,13 +272,17 @@ class RedisStore:
         )
         return int(reply) == 1
 
-    async def release(self, token: str, message: str, *, timeout: float) -> bool:
-        """Delete our lock and tell followers; False when it was not ours (see ``RELEASE``)."""
+    async def release(self, tokens: tuple[str, ...], message: str, *, timeout: float) -> bool:
+        """Delete the lock if it holds one of ``tokens`` and tell followers (see ``RELEASE``).
+
+        Returns False when the lock held none of them.
+        """
         lock, info, _ = self._keys
+        joined = ",".join(tokens)
         reply = await self._bounded(
             "releasing the lock",
             timeout,
-            lambda: self._script(RELEASE, 2, lock, info, token, self._channel, message),
+            lambda: self._script(RELEASE, 2, lock, info, joined, self._channel, message),
         )
         return int(reply) == 1
 
@@ -432,8 +435,17 @@ class ReleaseHub:
             while self._listeners:
                 pubsub = self._client.pubsub(ignore_subscribe_messages=True)
                 self._pubsub = pubsub
+                conn: Any = None
+                retry: Any = None
                 try:
                     await pubsub.subscribe(*self._listeners)
+                    # A client with retries would reconnect and resubscribe inside a read without
+                    # telling us, and a release published meanwhile would be lost unnoticed: turn
+                    # retries off on this connection, so that every loss reaches the code below.
+                    conn = getattr(pubsub, "connection", None)
+                    retry = getattr(conn, "retry", None)
+                    if retry is not None:
+                        conn.retry = Retry(NoBackoff(), 0)
                     if reconnect:
                         for channel in list(self._listeners):
                             self._notify(channel)
@@ -455,6 +467,8 @@ class ReleaseHub:
                         logger.debug("Release subscription lost, reconnecting: %s", exc)
                 finally:
                     self._pubsub = None
+                    if conn is not None and retry is not None:
+                        conn.retry = retry  # the connection goes back to the client's pool
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(1.0):
                             await asyncio.shield(_close_pubsub(pubsub))

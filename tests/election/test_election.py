@@ -459,3 +459,47 @@ async def test_is_leader_reads_the_clock_when_the_loop_was_blocked(
         await election.wait_until_leader(timeout=5)
         assert election.fencing_token is not None
         assert election.fencing_token > first  # a new term, never the old one resumed
+
+
+async def test_a_stray_cancelled_error_in_callbacks_is_isolated(
+    make_client: Any, config: ElectionConfig
+) -> None:
+    """A callback or task that awaits something cancelled fails alone; the election goes on."""
+    events: list[str] = []
+    errors: list[str] = []
+    lost = asyncio.Event()
+
+    async def cancelled_future() -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future  # raises CancelledError, though nobody cancelled this task
+
+    election = LeaderElection(
+        make_client(), config, on_error=lambda exc, ctx: errors.append(ctx["kind"])
+    )
+    election.on_become_leader(cancelled_future)
+    election.on_become_leader(lambda: events.append("become-2"))
+    election.while_leader(cancelled_future)
+    election.on_lose_leadership(lambda: (events.append("lose"), lost.set()))
+    async with election:
+        await eventually(lambda: "become-2" in events and len(errors) == 2)
+        await eventually(lambda: election.statistics().renewals >= 2)
+        assert election.is_leader
+        await election.resign()
+        async with asyncio.timeout(5):
+            await lost.wait()
+    assert events == ["become-2", "lose"]
+    assert sorted(errors) == ["on_become_leader", "while_leader"]
+
+
+async def test_resign_from_a_while_leader_task_still_hands_over(make_client: Any) -> None:
+    config = ElectionConfig(name="resign-inside", **SLOW)  # 30 s lease: only a release is fast
+    a = LeaderElection(make_client(), config)
+
+    @a.while_leader
+    async def give_up() -> None:
+        await a.resign()  # ends this very task's term
+
+    async with a, LeaderElection(make_client(), config) as b:
+        await b.wait_until_leader(timeout=2.0)
+        assert not a.is_leader

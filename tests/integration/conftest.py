@@ -137,7 +137,10 @@ def fast_config(name: str, **overrides: Any) -> ElectionConfig:
     return ElectionConfig(**fields)
 
 
-def seed_fence(server: Any, config: ElectionConfig) -> None:
-    """Mark the election as known to this server, so a fresh server grants terms at once."""
-    with server.sync_client() as client:
-        client.set(config.fence_key, "1")
+@pytest.fixture
+def own_redis(make_redis_server: Any) -> Any:
+    """A fresh server for a test that breaks it, up long enough that restart protection lets a
+    1 s lease be granted (uptime > ceil(1) + 1 s): about three seconds of waiting."""
+    server = make_redis_server()
+    server.wait_uptime_above(2)
+    return server

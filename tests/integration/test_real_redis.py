@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio
 
@@ -20,37 +21,35 @@ from leaderelection import (
 from tests.redis_harness import RedisServer, free_port
 from tests.waiting import eventually
 
-from .conftest import fast_config, seed_fence
+from .conftest import fast_config
 
 
-async def test_election_and_handoff_over_urls(redis_server: Any, name: str) -> None:
-    config = fast_config(name, lock_ttl="30s", heartbeat_interval="5s", retry_interval="1s")
-    seed_fence(redis_server, config)
-    async with LeaderElection(redis_server.url, config) as a:
+async def test_election_and_handoff_over_urls(shared_redis: Any, name: str) -> None:
+    config = fast_config(name, lock_ttl="5s", heartbeat_interval="1s", retry_interval="1s")
+    async with LeaderElection(shared_redis.url, config) as a:
         assert a.is_leader
-        async with LeaderElection(redis_server.url, config) as b:
+        async with LeaderElection(shared_redis.url, config) as b:
             assert not b.is_leader
             assert await b.get_leader_id() == a.instance_id
             token = a.fencing_token
             assert token is not None
             await a.stop()
-            await b.wait_until_leader(timeout=2.0)  # a 30 s lease: only the release is this fast
+            await b.wait_until_leader(timeout=2.0)  # a 5 s lease: only the release is this fast
             assert b.fencing_token is not None
             assert b.fencing_token > token
 
 
-async def test_url_client_is_closed_and_caller_client_is_not(redis_server: Any, name: str) -> None:
+async def test_url_client_is_closed_and_caller_client_is_not(shared_redis: Any, name: str) -> None:
     config = fast_config(name)
-    seed_fence(redis_server, config)
-    sync = redis_server.sync_client()
+    sync = shared_redis.sync_client()
     try:
         baseline = sync.info("clients")["connected_clients"]
-        async with LeaderElection(redis_server.url, config) as election:
+        async with LeaderElection(shared_redis.url, config) as election:
             assert election.is_leader
             assert sync.info("clients")["connected_clients"] > baseline
         # The server notices closed sockets on its next turn: wait for it, with a deadline.
         await eventually(lambda: sync.info("clients")["connected_clients"] == baseline)
-        client = redis_server.client(decode_responses=True)
+        client = shared_redis.client(decode_responses=True)
         async with LeaderElection(client, config) as election:
             assert election.is_leader
             info = await election.get_leader_info()
@@ -88,12 +87,12 @@ async def test_wrong_password_on_a_retrying_caller_client_is_refused(
         await client.aclose()
 
 
-async def test_lock_key_of_another_type_is_refused_and_kept(redis_server: Any, name: str) -> None:
+async def test_lock_key_of_another_type_is_refused_and_kept(shared_redis: Any, name: str) -> None:
     config = fast_config(name)
-    with redis_server.sync_client() as sync:
+    with shared_redis.sync_client() as sync:
         sync.hset(config.lock_key, "owner", "legacy")
         with pytest.raises(WrongKeyTypeError, match=config.lock_key):
-            await LeaderElection(redis_server.url, config).start()
+            await LeaderElection(shared_redis.url, config).start()
         assert sync.hgetall(config.lock_key) == {b"owner": b"legacy"}
 
 
@@ -122,7 +121,6 @@ async def test_redis_down_at_start_is_retried_until_it_comes(
             server = RedisServer(port=port)
             try:
                 server.start()
-                seed_fence(server, config)
                 await election.wait_until_leader(timeout=15)
                 assert election.is_leader
             finally:
@@ -131,17 +129,16 @@ async def test_redis_down_at_start_is_retried_until_it_comes(
 
 
 @pytest.mark.parametrize("fault", ["killed", "paused"])
-async def test_stop_is_bounded_when_redis_is_gone(redis_server: Any, name: str, fault: str) -> None:
+async def test_stop_is_bounded_when_redis_is_gone(own_redis: Any, name: str, fault: str) -> None:
     config = fast_config(name)
-    seed_fence(redis_server, config)
     lost = asyncio.Event()
-    election = LeaderElection(redis_server.url, config, on_lose_leadership=lost.set)
+    election = LeaderElection(own_redis.url, config, on_lose_leadership=lost.set)
     await election.start()
     assert election.is_leader
     if fault == "killed":
-        redis_server.stop()
+        own_redis.stop()
     else:
-        redis_server.pause()
+        own_redis.pause()
     try:
         started = time.monotonic()
         async with asyncio.timeout(5):  # a hang would fail here, not hang the suite
@@ -152,7 +149,7 @@ async def test_stop_is_bounded_when_redis_is_gone(redis_server: Any, name: str, 
         assert elapsed < 5
     finally:
         if fault == "paused":
-            redis_server.resume()
+            own_redis.resume()
 
 
 async def test_first_election_on_a_brand_new_server_is_held_back(
@@ -181,14 +178,76 @@ async def test_first_election_on_a_brand_new_server_is_held_back(
     ids=["no-scripts", "no-set-in-script"],
 )
 async def test_missing_acl_permission_is_refused_at_start(
-    redis_server: Any, name: str, rules: tuple[str, ...]
+    shared_redis: Any, name: str, rules: tuple[str, ...]
 ) -> None:
-    with redis_server.sync_client() as sync:
-        sync.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", *rules)
+    with shared_redis.sync_client() as sync:
+        sync.execute_command("ACL", "SETUSER", f"app-{name}", "on", ">pw", "~*", "&*", *rules)
     config = fast_config(name)
-    seed_fence(redis_server, config)
-    url = f"redis://app:pw@{redis_server.host}:{redis_server.port}/0"
+    url = f"redis://app-{name}:pw@{shared_redis.host}:{shared_redis.port}/0"
     for _ in range(5):  # a start that hung on its way out once did so about one time in three
         async with asyncio.timeout(5):
             with pytest.raises(StoreAuthenticationError, match="permission"):
                 await LeaderElection(url, config).start()
+
+
+def test_stop_in_a_cancelled_scope_releases_before_the_loop_ends(
+    shared_redis: Any, name: str
+) -> None:
+    """Leaving a cancelled scope and then asyncio.run() must not strand the lease."""
+    config = fast_config(name, lock_ttl="5s", heartbeat_interval="1s", retry_interval="1s")
+
+    lost: list[str] = []
+
+    async def main() -> None:
+        # What a Starlette lifespan or an anyio task group does on shutdown.
+        with anyio.CancelScope() as scope:
+            async with LeaderElection(shared_redis.url, config) as election:
+                election.on_lose_leadership(lambda: lost.append("lose"))
+                assert election.is_leader
+                scope.cancel()
+                await anyio.sleep(1)  # cancelled at once; asyncio.run() ends right after
+
+    asyncio.run(main())
+    with shared_redis.sync_client() as sync:
+        assert sync.exists(config.lock_key) == 0
+    assert lost == ["lose"]
+
+
+async def test_cancelled_start_leaves_no_lock_behind(shared_redis: Any, name: str) -> None:
+    config = fast_config(name, lock_ttl="5s", heartbeat_interval="1s", retry_interval="1s")
+    proxy_free = LeaderElection(shared_redis.url, config)
+    task = asyncio.ensure_future(proxy_free.start())
+    await asyncio.sleep(0)  # the first attempt is on its way
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with shared_redis.sync_client() as sync:
+        assert sync.exists(config.lock_key) == 0
+    async with LeaderElection(shared_redis.url, config) as other:
+        assert other.is_leader  # at once, not after the 5 s lease
+
+
+async def test_release_is_seen_after_the_subscription_was_killed(
+    shared_redis: Any, name: str
+) -> None:
+    """A retrying client would reconnect its subscription silently and miss releases."""
+    config = fast_config(name, lock_ttl="5s", heartbeat_interval="1s", retry_interval="1s")
+    client = shared_redis.client()  # caller-owned, with redis-py's default retries
+    try:
+        async with (
+            LeaderElection(shared_redis.url, config) as a,
+            LeaderElection(client, config) as b,
+        ):
+            assert a.is_leader
+            with shared_redis.sync_client() as sync:
+
+                def subscribers() -> int:
+                    return int(sync.pubsub_numsub(config.release_channel)[0][1])
+
+                await eventually(lambda: subscribers() == 2)  # a's client and b's client
+                assert sync.client_kill_filter(_type="pubsub") == 2
+                await eventually(lambda: subscribers() == 2)  # both noticed and resubscribed
+            await a.stop()
+            await b.wait_until_leader(timeout=2.0)  # a 5 s lease: only the release is fast
+    finally:
+        await client.aclose()

@@ -69,11 +69,11 @@ def make_store(client: Any, config: ElectionConfig) -> RedisStore:
 
 
 async def acquire(
-    store: RedisStore, token: str, stale: str | None = None, min_uptime_s: int = 3
+    store: RedisStore, token: str, unknown: tuple[str, ...] = (), min_uptime_s: int = 3
 ) -> Any:
     """Acquire with restart protection on (the shared server is up long enough for it)."""
     return await store.acquire(
-        token, _prefix(token), TTL, stale_token=stale, min_uptime_s=min_uptime_s, timeout=2.0
+        token, _prefix(token), TTL, unknown_tokens=unknown, min_uptime_s=min_uptime_s, timeout=2.0
     )
 
 
@@ -127,9 +127,9 @@ async def test_release_only_with_our_token_and_announces_it(
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(config.release_channel)
     try:
-        assert await store.release("tok-b", "someone", timeout=2.0) is False
+        assert await store.release(("tok-b",), "someone", timeout=2.0) is False
         assert await client.exists(config.lock_key) == 1
-        assert await store.release("tok-a", "me", timeout=2.0) is True
+        assert await store.release(("tok-a",), "me", timeout=2.0) is True
         assert await client.exists(config.lock_key, config.info_key) == 0
         message = None
         async with asyncio.timeout(5):
@@ -148,7 +148,7 @@ async def test_fencing_tokens_strictly_increase(store: RedisStore) -> None:
         result = await acquire(store, f"t{i}")
         assert isinstance(result, Acquired)
         tokens.append(result.fencing_token)
-        assert await store.release(f"t{i}", "x", timeout=2.0)
+        assert await store.release((f"t{i}",), "x", timeout=2.0)
     assert all(a < b for a, b in itertools.pairwise(tokens))
 
 
@@ -172,19 +172,29 @@ async def test_fence_reseeded_from_server_time_after_data_loss(
     assert isinstance(first, Acquired)
     await client.delete(config.lock_key, config.info_key, config.fence_key)  # data lost
     second = await store.acquire(
-        "t2", _prefix("t2"), TTL, stale_token=None, min_uptime_s=0, timeout=2.0
+        "t2", _prefix("t2"), TTL, unknown_tokens=(), min_uptime_s=0, timeout=2.0
     )
     assert isinstance(second, Acquired)
     assert second.fencing_token > first.fencing_token
 
 
-async def test_stale_token_of_ours_is_taken_over(store: RedisStore) -> None:
+async def test_a_lock_holding_one_of_our_unknown_tokens_is_taken_over(store: RedisStore) -> None:
     first = await acquire(store, "lost-reply")
     assert isinstance(first, Acquired)
     assert isinstance(await acquire(store, "other"), Held)
-    second = await acquire(store, "retry", stale="lost-reply")
+    assert isinstance(await acquire(store, "retry", unknown=("older", "lost-rep")), Held)
+    second = await acquire(store, "retry", unknown=("older", "lost-reply", "newer"))
     assert isinstance(second, Acquired)
     assert second.fencing_token > first.fencing_token
+
+
+async def test_release_with_several_tokens_releases_the_one_held(
+    store: RedisStore, client: Any, config: ElectionConfig
+) -> None:
+    assert isinstance(await acquire(store, "b"), Acquired)
+    assert await store.release(("a", "bb", "c"), "me", timeout=2.0) is False
+    assert await store.release(("a", "b", "c"), "me", timeout=2.0) is True
+    assert await client.exists(config.lock_key) == 0
 
 
 async def test_lock_key_of_another_type_is_a_typed_error(
@@ -219,7 +229,7 @@ async def test_corrupt_info_is_reported_not_crashed_on(
 async def test_scripts_reload_after_script_flush(store: RedisStore, client: Any) -> None:
     assert isinstance(await acquire(store, "a"), Acquired)
     await client.script_flush()
-    assert await store.release("a", "x", timeout=2.0) is True
+    assert await store.release(("a",), "x", timeout=2.0) is True
     assert isinstance(await acquire(store, "b"), Acquired)
 
 
@@ -232,9 +242,15 @@ async def test_restart_protection_holds_back_a_fresh_server(redis_server: Any) -
         assert isinstance(held_back, HeldBack)
         assert held_back.uptime_s < 12
         assert held_back.wait_ms == (12 - held_back.uptime_s) * 1000
-        # With the fence present (the data survived), a fresh server grants at once.
+        # A fence present is no proof: it may come from a snapshot older than the last term.
         await client.set(ElectionConfig(name="fresh").fence_key, "5")
-        acquired = await acquire(store, "tok", min_uptime_s=12)
+        assert isinstance(await acquire(store, "tok", min_uptime_s=12), HeldBack)
+        # A lock held by another is reported as held, whatever the uptime.
+        await client.set(ElectionConfig(name="fresh").lock_key, "other", px=5000)
+        assert isinstance(await acquire(store, "tok", min_uptime_s=12), Held)
+        # Without restart protection (min_uptime_s=0) the free lock is granted.
+        await client.delete(ElectionConfig(name="fresh").lock_key)
+        acquired = await acquire(store, "tok", min_uptime_s=0)
         assert isinstance(acquired, Acquired)
         assert acquired.fencing_token > 5
     finally:
@@ -250,7 +266,7 @@ async def test_a_paused_server_times_out_as_unavailable(redis_server: Any) -> No
         redis_server.pause()
         started = time.monotonic()
         with pytest.raises(StoreUnavailableError, match=r"did not answer within 0\.2s"):
-            await store.acquire("t", _prefix(), TTL, stale_token=None, min_uptime_s=0, timeout=0.2)
+            await store.acquire("t", _prefix(), TTL, unknown_tokens=(), min_uptime_s=0, timeout=0.2)
         assert time.monotonic() - started < 2.0
     finally:
         redis_server.resume()

@@ -61,9 +61,10 @@ def test_is_leader_is_read_against_the_clock(now: float, expected: bool) -> None
 
 def test_acquire_answered_after_the_deadline_does_not_lead_and_is_taken_over() -> None:
     c = core()
+    c.attempt_sent("late")
     assert c.acquired(sent_at=100.0, now=107.0, token="late", fencing_token=1) == []
     assert c.phase is Phase.FOLLOWER
-    assert c.stale_token == "late"
+    assert c.unknown_tokens == ("late",)
     assert c.next_acquire_at == 107.0
 
 
@@ -115,7 +116,7 @@ def test_lock_lost_ends_the_term() -> None:
     assert isinstance(out, LostLeadership)
     assert out.reason is LossReason.LOCK_LOST
     assert c.next_acquire_at == 103.0
-    assert c.stale_token is None
+    assert c.unknown_tokens == ()  # the store says the lock is someone else's
 
 
 def test_failed_renewals_retry_quickly_then_step_down_at_the_deadline() -> None:
@@ -133,7 +134,7 @@ def test_failed_renewals_retry_quickly_then_step_down_at_the_deadline() -> None:
     assert now >= 100.0 + 20 / 3
     assert isinstance(out[0], LostLeadership)
     assert out[0].reason is LossReason.RENEW_DEADLINE
-    assert c.stale_token == "t1"  # the lock may still be ours; take it over when Redis answers
+    assert c.unknown_tokens == ("t1",)  # the lock may still be ours: take it over or release it
 
 
 @pytest.mark.parametrize(
@@ -174,20 +175,43 @@ def test_release_notice_wakes_a_follower_at_once() -> None:
 def test_release_notice_during_an_acquire_in_flight_is_not_lost() -> None:
     c = core()
     notices = c.notices  # the acquire is sent
-    assert c.release_noticed(now=50.0)  # the release is announced before the answer arrives
+    c.release_noticed(now=50.0)  # the release is announced before the answer arrives
     c.held(now=50.001, remaining_ms=9000, notices_at_send=notices)  # the answer: still held
     assert c.next_acquire_at == 50.001  # try again at once, not in 9 s
     c.held(now=50.002, remaining_ms=9000, notices_at_send=c.notices)
     assert c.next_acquire_at > 59.0
 
 
-def test_release_notice_is_ignored_by_a_leader_and_during_hold_back() -> None:
+def test_release_notice_is_ignored_by_a_leader_and_deferred_during_hold_back() -> None:
     c = leader(sent_at=100.0, now=100.0)
     assert c.release_noticed(now=101.0) is False
     c.resign(101.0)
-    assert c.release_noticed(now=102.0) is False  # held back until 103.0
+    assert c.release_noticed(now=102.0) is False  # held back until 103.0, attempt due then
     assert c.next_acquire_at == 103.0
+    c.held(now=103.0, remaining_ms=9000)
     assert c.release_noticed(now=103.5) is True
+    assert c.next_acquire_at == 103.5
+
+
+def test_release_notice_during_hold_back_is_not_dropped() -> None:
+    c = leader(sent_at=100.0, now=100.0)
+    c.resign(101.0)  # held back until 103.0
+    c.next_acquire_at = 110.0  # e.g. a holder's lease seen during the hold-back
+    assert c.release_noticed(now=102.0) is True
+    assert c.next_acquire_at == 103.0  # deferred to the end of the hold-back, not lost
+
+
+def test_unknown_tokens_are_kept_bounded_and_forgotten_when_released() -> None:
+    c = core()
+    for i in range(12):
+        c.attempt_sent(f"t{i}")
+    assert c.unknown_tokens == tuple(f"t{i}" for i in range(4, 12))
+    c.released(("t5", "t11"))
+    assert "t5" not in c.unknown_tokens
+    assert "t11" not in c.unknown_tokens
+    (won,) = c.acquired(sent_at=1.0, now=1.0, token="t12", fencing_token=9)
+    assert isinstance(won, BecameLeader)
+    assert c.unknown_tokens == ()
 
 
 def test_resign_holds_back_for_retry_interval() -> None:
@@ -198,18 +222,22 @@ def test_resign_holds_back_for_retry_interval() -> None:
     assert c.held_back_until == 103.0
     c.held(now=101.5, remaining_ms=0)
     assert c.next_acquire_at >= 103.0
-    assert c.stale_token is None
+    assert c.unknown_tokens == ()  # held by the new leader: our resigned token is gone
 
 
 def test_resign_when_not_leader_does_nothing() -> None:
     c = core()
+    c.held(now=5.0, remaining_ms=1000)
+    due = c.next_acquire_at
     assert c.resign(10.0) == []
+    assert c.held_back_until == 0.0
+    assert c.next_acquire_at == due
 
 
 def test_acquire_errors_back_off_exponentially_with_jitter_and_remember_the_token() -> None:
     c = core()
     delays = [c.acquire_failed(now=0.0, token=f"t{i}") for i in range(6)]
-    assert c.stale_token == "t5"
+    assert c.unknown_tokens == tuple(f"t{i}" for i in range(6))
     caps = [2, 4, 8, 10, 10, 10]
     for delay, cap in zip(delays, caps, strict=True):
         assert cap / 2 <= delay <= cap
