@@ -27,6 +27,8 @@ __all__ = ["ElectionConfig", "parse_duration"]
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+_MAX_SECONDS = 30 * 24 * 3600.0
+_MIN_MARGIN = timedelta(milliseconds=10)  # between the timings, so every deadline is usable
 
 
 def parse_duration(value: object) -> timedelta:
@@ -75,6 +77,8 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError(f"a duration must be positive and finite, got {value!r}")
     if seconds < 0.001:
         raise ValueError(f"a duration must be at least 1ms, got {value!r}")
+    if seconds > _MAX_SECONDS:
+        raise ValueError(f"a duration must be at most 30 days, got {value!r}")
     return timedelta(seconds=seconds)
 
 
@@ -109,7 +113,11 @@ def _sibling(key: str, suffix: str) -> str:
 
 
 class ElectionConfig(BaseModel):
-    """The settings of one election. Frozen; invalid input raises :class:`ConfigurationError`.
+    """The settings of one election. Frozen; constructing one from invalid input raises
+    :class:`ConfigurationError` (``model_validate`` raises pydantic's ``ValidationError``).
+
+    The keys are resolved at construction: to change ``name`` or ``key_prefix``, build a new
+    config rather than ``model_copy(update=...)``, which would keep the old keys.
 
     One config can serve many candidates: with ``instance_id=None`` every ``LeaderElection`` makes
     its own ``hostname-pid-random`` id, so several uvicorn workers on one host stay distinct.
@@ -182,9 +190,13 @@ class ElectionConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> Self:
         deadline = self.renew_deadline
-        if not self.heartbeat_interval < deadline < self.lock_ttl:
+        if not (
+            self.heartbeat_interval + _MIN_MARGIN <= deadline
+            and deadline + _MIN_MARGIN <= self.lock_ttl
+        ):
             raise ValueError(
-                "timings must satisfy heartbeat_interval < renew_deadline < lock_ttl, got "
+                "timings must satisfy heartbeat_interval < renew_deadline < lock_ttl, each at "
+                "least 10ms apart, got "
                 f"heartbeat_interval={_fmt(self.heartbeat_interval)}, "
                 f"renew_deadline={_fmt(deadline)}, lock_ttl={_fmt(self.lock_ttl)}: a leader must "
                 "get to renew before it gives up, and give up before its lease expires"

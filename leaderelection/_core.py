@@ -70,7 +70,7 @@ class Timings:
     @property
     def lock_ttl_ms(self) -> int:
         """The lease length as Redis wants it."""
-        return max(1, round(self.lock_ttl * 1000))
+        return max(1, math.ceil(self.lock_ttl * 1000))  # never shorter than the local lease
 
     @property
     def restart_uptime_s(self) -> int:

@@ -85,6 +85,11 @@ def test_bad_durations_are_refused(bad: object) -> None:
         ),
         ({"lock_ttl": 10, "renew_deadline": 10}, "heartbeat_interval < renew_deadline < lock_ttl"),
         ({"heartbeat_interval": 7}, "heartbeat_interval=7s"),
+        (
+            {"heartbeat_interval": "6.666s", "renew_deadline": "6.667s"},
+            "at least 10ms apart",
+        ),
+        ({"lock_ttl": "2.0004s", "renew_deadline": "2.0002s"}, "at least 10ms apart"),
         ({"lock_key": "a", "info_key": "b"}, "hash slot"),
         ({"lock_key": "a", "info_key": "a"}, "must differ"),
         ({"name": "x{y}"}, "name must not contain"),

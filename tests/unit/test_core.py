@@ -34,6 +34,7 @@ def test_timings_derived_values() -> None:
     assert T.lock_ttl_ms == 10_000
     assert T.restart_uptime_s == 12  # uptime > ceil(10) + 1
     assert Timings(1.5, 0.2, 0.3, 1.0).restart_uptime_s == 4
+    assert Timings(2.0004, 0.5, 0.3, 1.0).lock_ttl_ms == 2001  # never shorter than asked
 
 
 def test_acquire_starts_a_term_counted_from_send_time() -> None:
