@@ -466,10 +466,10 @@ class Demo:
                 raise result
         if any(c.election.statistics().restart_protection for c in self.candidates):
             tl.log(
-                "Redis started recently and has no fencing record for this election, so "
-                "restart protection holds the first election back for about one lease "
-                f"(lock_ttl={_ms(self.lock_ttl)}): a leader from before a Redis restart that "
-                "lost its data must have stepped down first. Waiting..."
+                "Redis started recently, so restart protection holds elections back until it "
+                f"has been up for about one lease (lock_ttl={_ms(self.lock_ttl)}): a leader "
+                "from before a Redis restart that lost its lock must have stepped down first. "
+                "Waiting..."
             )
         leaders = self._leaders()
         if leaders:

@@ -625,8 +625,8 @@ class LeaderElection:
         else:
             if not self._held_back:
                 logger.warning(
-                    "Redis started %ss ago and has no fencing record: holding elections back "
-                    "for %.1fs so that a leader from before a restart has stepped down",
+                    "Redis started %ss ago: holding elections back for %.1fs so that a leader "
+                    "from before a restart has stepped down",
                     result.uptime_s,
                     result.wait_ms / 1000,
                     extra=self._extra(),
