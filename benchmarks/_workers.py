@@ -97,7 +97,9 @@ def prl_handoff_worker(
     """
     import redis_lock
 
-    client = redis.Redis.from_url(url)
+    # No socket timeout: a waiter blocks in BLPOP for up to ``expire`` (10 s), longer than
+    # redis-py 8's default socket_timeout of 5 s.
+    client = redis.Redis.from_url(url, socket_timeout=None)
     lock = redis_lock.Lock(client, name, expire=10)
     if not lead_first:
         conn.send(("ready",))
@@ -136,10 +138,10 @@ def prl_load_worker(conn: Connection, url: str, name: str, waiters: int) -> None
     def counting(self: redis.Redis, *args: Any, **options: Any) -> Any:
         with guard:
             counts[getattr(role, "name", "holder")] += 1
-        return original(self, *args, **options)
+        return original(self, *args, **options)  # type: ignore[no-untyped-call]
 
     redis.Redis.execute_command = counting  # type: ignore[method-assign]
-    client = redis.Redis.from_url(url, max_connections=waiters + 10)
+    client = redis.Redis.from_url(url, max_connections=waiters + 10, socket_timeout=None)
     holder = redis_lock.Lock(client, name, expire=10, auto_renewal=True)
     holder.acquire(blocking=True)
 
