@@ -110,6 +110,7 @@ class LostLeadership:
 Transition = BecameLeader | LostLeadership
 
 _HELD_JITTER = (0.0005, 0.003)  # seconds added to a holder's remaining lease before trying again
+_RNG = random.Random()  # shared: a Random's state is 2.5 KB, and jitter needs no independence
 _MAX_UNKNOWN = 8  # unknown-outcome tokens kept (the oldest is dropped first)
 
 
@@ -118,7 +119,7 @@ class ElectionCore:
 
     def __init__(self, timings: Timings, *, rng: random.Random | None = None) -> None:
         self.timings = timings
-        self._rng = rng or random.Random()
+        self._rng = rng or _RNG
         self.phase = Phase.FOLLOWER
         self.term: Term | None = None
         self.lease_deadline = 0.0  # while leader: local step-down time

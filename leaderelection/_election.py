@@ -26,7 +26,7 @@ import redis as _redis_sync
 import redis.asyncio as aioredis
 
 from ._callbacks import Callback, CallbackList, ErrorHandler, LeaderTask, report
-from ._clock import Clock, MonotonicClock
+from ._clock import Clock, Flag, MonotonicClock, Waitable
 from ._config import ElectionConfig
 from ._core import (
     BecameLeader,
@@ -102,7 +102,7 @@ class _TermRun:
     def __init__(self, term: Term) -> None:
         self.term = term
         self.scope = anyio.CancelScope()
-        self.tasks: list[tuple[anyio.CancelScope, asyncio.Event]] = []
+        self.tasks: list[tuple[anyio.CancelScope, Flag]] = []
 
 
 class LeaderElection:
@@ -127,6 +127,48 @@ class LeaderElection:
     Raises:
         ConfigurationError: ``redis`` is neither an asyncio client nor a URL.
     """
+
+    __slots__ = (
+        "__weakref__",
+        "_attempts",
+        "_become",
+        "_campaign_scope",
+        "_client",
+        "_clock",
+        "_config",
+        "_core",
+        "_dispatcher",
+        "_dispatcher_done",
+        "_dispatcher_started",
+        "_errors",
+        "_follower_event",
+        "_held_back",
+        "_instance_id",
+        "_last_renew_latency",
+        "_leader_event",
+        "_leader_id",
+        "_leader_tasks",
+        "_lose",
+        "_moves",
+        "_on_error",
+        "_owns_client",
+        "_pending",
+        "_pending_flag",
+        "_released",
+        "_renew_failures",
+        "_renewals",
+        "_runner",
+        "_started_wall",
+        "_state",
+        "_stop_requested",
+        "_stopped",
+        "_store",
+        "_term",
+        "_tg",
+        "_timings",
+        "_url",
+        "_wake",
+    )
 
     def __init__(
         self,
@@ -185,20 +227,25 @@ class LeaderElection:
         self._state: State = "new"
         self._store: RedisStore | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._dispatcher: asyncio.Task[Any] | None = None
-        self._released = asyncio.Event()  # set once stop() has released what may be ours
         self._tg: anyio.abc.TaskGroup | None = None
+        self._campaign_scope: anyio.CancelScope | None = None
         self._term: _TermRun | None = None
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        # Callback dispatch: items in order, handled by a task started at the first term.
+        self._pending: list[tuple[str, _TermRun | None]] = []
+        self._pending_flag = Flag()
+        self._dispatcher: asyncio.Task[Any] | None = None
+        self._dispatcher_started = False
+        self._dispatcher_done = Flag()
         self._leader_event = asyncio.Event()
-        self._follower_event = asyncio.Event()
+        self._follower_event = Flag()
         self._follower_event.set()
-        self._wake = asyncio.Event()
-        self._stop_requested = asyncio.Event()
-        self._stopped = asyncio.Event()
+        self._wake = Flag()
+        self._stop_requested = Flag()
+        self._stopped = Flag()
+        self._released = Flag()  # set once the shutdown released what may be ours
         self._held_back = False
         self._leader_id: str | None = None
-        self._stats = {"attempts": 0, "renewals": 0, "renew_failures": 0, "errors": 0, "moves": 0}
+        self._attempts = self._renewals = self._renew_failures = self._errors = self._moves = 0
         self._last_renew_latency: float | None = None
         self._started_wall = _utcnow()
 
@@ -251,20 +298,19 @@ class LeaderElection:
             state = "held_back"
         else:
             state = "follower"
-        s = self._stats
         return ElectionStatistics(
             state=state,
             instance_id=self._instance_id,
             is_leader=leading,
             fencing_token=self.fencing_token,
             terms_won=self._core.terms_won,
-            transitions=s["moves"],
+            transitions=self._moves,
             leader_id=self._instance_id if leading else self._leader_id,
-            acquire_attempts=s["attempts"],
-            renewals=s["renewals"],
-            renew_failures=s["renew_failures"],
+            acquire_attempts=self._attempts,
+            renewals=self._renewals,
+            renew_failures=self._renew_failures,
             last_renew_latency=self._last_renew_latency,
-            store_errors=s["errors"],
+            store_errors=self._errors,
             restart_protection=self._held_back,
         )
 
@@ -429,6 +475,8 @@ class LeaderElection:
                 await self._close_client()
             return
         self._stop_requested.set()
+        if self._campaign_scope is not None:
+            self._campaign_scope.cancel()
         if asyncio.current_task() is self._dispatcher:
             # Called from a callback: the shutdown waits for the callbacks, so it cannot be
             # awaited here; it completes as soon as this callback returns.
@@ -457,7 +505,7 @@ class LeaderElection:
         self._apply(transitions)
         # The hand-off runs in the election's task group: it completes even if the caller is
         # cancelled, or is itself a while_leader task that the end of the term just cancelled.
-        done = asyncio.Event()
+        done = Flag()
         self._tg.start_soon(self._hand_off, run, done)
         await done.wait()
 
@@ -514,13 +562,15 @@ class LeaderElection:
                     return
                 self._state = "running"
                 ready.set_result(None)
-                dispatcher_done = asyncio.Event()
-                campaign_done = asyncio.Event()
-                campaign = anyio.CancelScope()
-                tg.start_soon(self._dispatch, dispatcher_done)
-                tg.start_soon(self._campaign, store, campaign, campaign_done)
-                await self._stop_requested.wait()
-                await self._shutdown(campaign, campaign_done, dispatcher_done)
+                # The retry loop runs in this task (one task less per idle candidate); stop()
+                # cancels its scope, and the shutdown follows once the cancellation has landed,
+                # so an acquire in flight has settled before anything is released.
+                self._campaign_scope = anyio.CancelScope()
+                if self._stop_requested.is_set():
+                    self._campaign_scope.cancel()
+                with self._campaign_scope:
+                    await self._campaign(store)
+                await self._shutdown()
                 tg.cancel_scope.cancel()
         finally:
             self._tg = None
@@ -537,24 +587,17 @@ class LeaderElection:
             if not ready.done():
                 ready.cancel()  # start() was cancelled before the first attempt finished
 
-    async def _shutdown(
-        self,
-        campaign: anyio.CancelScope,
-        campaign_done: asyncio.Event,
-        dispatcher_done: asyncio.Event,
-    ) -> None:
+    async def _shutdown(self) -> None:
         self._state = "stopping"
-        campaign.cancel()
         run = self._term
         self._apply(self._core.stop(self._clock.now()))
-        # An acquire in flight may still win: let its cancellation land before releasing.
-        await self._clock.wait_until(self._clock.now() + self._timings.call_timeout, campaign_done)
         if run is not None:
             await self._finish_leader_tasks(run)
         await self._release_unknown(run.term if run is not None else None)
         self._released.set()
-        self._queue.put_nowait(_STOP)
-        await dispatcher_done.wait()
+        if self._dispatcher_started:
+            self._enqueue(_STOP, None)
+            await self._dispatcher_done.wait()
 
     async def _abandon(self) -> None:
         """Leave nothing behind: end the term, release, run the callbacks still queued."""
@@ -562,12 +605,12 @@ class LeaderElection:
         if not self._released.is_set():
             await self._release_unknown(None)
             self._released.set()
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not _STOP:
-                await self._run_callbacks(*item)
+        pending, self._pending = self._pending, []
+        for kind, run in pending:
+            if run is not None:
+                await self._run_callbacks(kind, run)
 
-    async def _hand_off(self, run: _TermRun, done: asyncio.Event) -> None:
+    async def _hand_off(self, run: _TermRun, done: Flag) -> None:
         """After resign(): let the term's tasks finish, then release so a follower takes over."""
         try:
             await self._finish_leader_tasks(run)
@@ -582,7 +625,7 @@ class LeaderElection:
         notices = core.notices
         unknown = core.unknown_tokens
         core.attempt_sent(token)
-        self._stats["attempts"] += 1
+        self._attempts += 1
         try:
             result = await store.acquire(
                 token,
@@ -594,7 +637,7 @@ class LeaderElection:
                 check_role=first,
             )
         except StoreError as exc:
-            self._stats["errors"] += 1
+            self._errors += 1
             delay = core.acquire_failed(now=clock.now(), token=token)
             if first and isinstance(exc, StoreUnavailableError):
                 # A retrying client can hide a wrong password behind a timeout: look once.
@@ -634,23 +677,17 @@ class LeaderElection:
             self._held_back = True
             core.held_back(now=now, wait_ms=result.wait_ms)
 
-    async def _campaign(
-        self, store: RedisStore, scope: anyio.CancelScope, done: asyncio.Event
-    ) -> None:
+    async def _campaign(self, store: RedisStore) -> None:
         core, clock = self._core, self._clock
-        try:
-            with scope:
-                while True:
-                    if core.phase is Phase.LEADER:
-                        await self._follower_event.wait()
-                        continue
-                    if core.next_acquire_at > clock.now():
-                        self._wake.clear()
-                        await clock.wait_until(core.next_acquire_at, self._wake)
-                        continue
-                    await self._attempt(store)
-        finally:
-            done.set()
+        while not self._stop_requested.is_set():
+            if core.phase is Phase.LEADER:
+                await self._follower_event.wait()
+                continue
+            if core.next_acquire_at > clock.now():
+                self._wake.clear()
+                await clock.wait_until(core.next_acquire_at, self._wake)
+                continue
+            await self._attempt(store)
 
     async def _lead(self, run: _TermRun, store: RedisStore) -> None:
         with run.scope:
@@ -677,14 +714,14 @@ class LeaderElection:
             except StoreError as exc:
                 if core.term is not term:  # the watchdog ended the term while we waited
                     return
-                self._stats["errors"] += 1
-                self._stats["renew_failures"] += 1
+                self._errors += 1
+                self._renew_failures += 1
                 logger.warning("Heartbeat failed, retrying: %s", exc, extra=self._extra())
                 self._apply(core.renew_failed(token=term.token, now=clock.now()))
                 continue
             now = clock.now()
             if ok:
-                self._stats["renewals"] += 1
+                self._renewals += 1
                 self._last_renew_latency = now - sent
                 logger.debug("Heartbeat sent", extra=self._extra())
                 self._apply(core.renewed(token=term.token, sent_at=sent, now=now))
@@ -699,7 +736,7 @@ class LeaderElection:
 
     def _apply(self, transitions: list[Transition]) -> None:
         for transition in transitions:
-            self._stats["moves"] += 1
+            self._moves += 1
             if isinstance(transition, BecameLeader):
                 self._begin_term(transition.term)
             else:
@@ -716,7 +753,7 @@ class LeaderElection:
         logger.info("Became the leader", extra=self._extra())
         for func in self._leader_tasks:
             self._start_leader_task(func, run)
-        self._queue.put_nowait(("become", run))
+        self._enqueue("become", run)
 
     def _end_term(self, lost: LostLeadership) -> None:
         run = self._term
@@ -733,17 +770,17 @@ class LeaderElection:
             logger.warning("Failed to send heartbeat, lost leadership", extra=extra)
         else:
             logger.info("Stepped down (%s)", lost.reason.value, extra=extra)
-        self._queue.put_nowait(("lose", run))
+        self._enqueue("lose", run)
         self._wake.set()
 
     def _start_leader_task(self, func: LeaderTask, run: _TermRun) -> None:
         assert self._tg is not None
-        scope, done = anyio.CancelScope(), asyncio.Event()
+        scope, done = anyio.CancelScope(), Flag()
         run.tasks.append((scope, done))
         self._tg.start_soon(self._run_leader_task, func, run, scope, done)
 
     async def _run_leader_task(
-        self, func: LeaderTask, run: _TermRun, scope: anyio.CancelScope, done: asyncio.Event
+        self, func: LeaderTask, run: _TermRun, scope: anyio.CancelScope, done: Flag
     ) -> None:
         try:
             with scope:
@@ -765,17 +802,30 @@ class LeaderElection:
         for _, done in run.tasks:
             await self._clock.wait_until(deadline, done)
 
-    async def _dispatch(self, done: asyncio.Event) -> None:
+    def _enqueue(self, kind: Any, run: _TermRun | None) -> None:
+        """Queue callbacks for the dispatcher, starting it at the first term."""
+        self._pending.append((kind, run))
+        self._pending_flag.set()
+        if not self._dispatcher_started and self._tg is not None:
+            self._dispatcher_started = True
+            self._tg.start_soon(self._dispatch)
+
+    async def _dispatch(self) -> None:
         self._dispatcher = asyncio.current_task()
         try:
-            while (item := await self._queue.get()) is not _STOP:
-                kind, run = item
+            while True:
+                while not self._pending:
+                    self._pending_flag.clear()
+                    await self._pending_flag.wait()
+                kind, run = self._pending.pop(0)
+                if kind is _STOP or run is None:
+                    return
                 if kind == "lose":
                     for _, task_done in run.tasks:
                         await task_done.wait()
                 await self._run_callbacks(kind, run)
         finally:
-            done.set()
+            self._dispatcher_done.set()
 
     async def _run_callbacks(self, kind: str, run: _TermRun) -> None:
         callbacks = self._become if kind == "become" else self._lose
@@ -794,7 +844,7 @@ class LeaderElection:
             )
             self._core.released(tokens)
         except StoreError as exc:
-            self._stats["errors"] += 1
+            self._errors += 1
             logger.warning(
                 "Could not release the lock (%s); it expires within lock_ttl",
                 exc,
@@ -848,16 +898,12 @@ def _being_cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def _wait_shielded(awaitable: asyncio.Event | asyncio.Future[Any], timeout: float) -> None:
+async def _wait_shielded(awaitable: Flag | asyncio.Future[Any], timeout: float) -> None:
     """Wait up to ``timeout`` for an event or future even if the caller is cancelled meanwhile;
     a cancellation that arrived is raised afterwards."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    waiter = (
-        asyncio.ensure_future(awaitable.wait())
-        if isinstance(awaitable, asyncio.Event)
-        else awaitable
-    )
+    waiter = asyncio.ensure_future(awaitable.wait()) if isinstance(awaitable, Flag) else awaitable
     cancelled: BaseException | None = None
     with anyio.CancelScope(shield=True):
         while not waiter.done() and (left := deadline - loop.time()) > 0:
@@ -865,7 +911,7 @@ async def _wait_shielded(awaitable: asyncio.Event | asyncio.Future[Any], timeout
                 await asyncio.wait({waiter}, timeout=left)
             except asyncio.CancelledError as exc:
                 cancelled = exc
-    if isinstance(awaitable, asyncio.Event):
+    if isinstance(awaitable, Flag):
         waiter.cancel()
     elif waiter.done() and not waiter.cancelled():
         waiter.exception()  # retrieved: a failed start() reports it once, from start()
@@ -873,7 +919,7 @@ async def _wait_shielded(awaitable: asyncio.Event | asyncio.Future[Any], timeout
         raise cancelled
 
 
-async def _wait_first(*events: asyncio.Event) -> None:
+async def _wait_first(*events: Waitable) -> None:
     """Wait until any of ``events`` is set."""
     if any(e.is_set() for e in events):
         return

@@ -31,6 +31,25 @@ def emit(**fields: Any) -> None:
     sys.stdout.flush()
 
 
+class RecordingElection(LeaderElection):
+    """Prints every transition the moment the core decides it."""
+
+    __slots__ = ()
+
+    def _apply(self, transitions: list[Any]) -> None:
+        for transition in transitions:
+            if isinstance(transition, BecameLeader):
+                emit(
+                    event="became",
+                    t=time.monotonic(),
+                    token=transition.term.fencing_token,
+                    until=self._core.lease_deadline,
+                )
+            elif isinstance(transition, LostLeadership):
+                emit(event="lost", t=time.monotonic(), reason=transition.reason.value)
+        super()._apply(transitions)
+
+
 async def main(url: str, name: str, instance_id: str, *timings: str) -> None:
     ttl, heartbeat, retry = timings
     config = ElectionConfig(
@@ -40,23 +59,9 @@ async def main(url: str, name: str, instance_id: str, *timings: str) -> None:
         heartbeat_interval=heartbeat,
         retry_interval=retry,
     )
-    election = LeaderElection(url, config)
+    election = RecordingElection(url, config)
     core = election._core
-    original_apply = election._apply
     original_renewed = core.renewed
-
-    def apply(transitions: list[Any]) -> None:
-        for transition in transitions:
-            if isinstance(transition, BecameLeader):
-                emit(
-                    event="became",
-                    t=time.monotonic(),
-                    token=transition.term.fencing_token,
-                    until=core.lease_deadline,
-                )
-            elif isinstance(transition, LostLeadership):
-                emit(event="lost", t=time.monotonic(), reason=transition.reason.value)
-        original_apply(transitions)
 
     def renewed(**kwargs: Any) -> Any:
         out = original_renewed(**kwargs)
@@ -64,7 +69,6 @@ async def main(url: str, name: str, instance_id: str, *timings: str) -> None:
             emit(event="lease", until=core.lease_deadline)
         return out
 
-    election._apply = apply  # type: ignore[method-assign]
     core.renewed = renewed  # type: ignore[method-assign]
     await election.start()
     emit(event="ready", leader=election.is_leader)
