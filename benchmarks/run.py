@@ -20,6 +20,7 @@ import json
 import math
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import platform
 import random
@@ -37,7 +38,14 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for _path in (str(HERE), str(ROOT)):
+# The checkout's library, unless PYTHONPATH names a directory holding another ``leaderelection``
+# (e.g. a snapshot of one commit, so that edits in progress do not leak into a long run).
+_ON_PYTHONPATH = any(
+    Path(p, "leaderelection", "__init__.py").is_file()
+    for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if p
+)
+for _path in (str(HERE),) if _ON_PYTHONPATH else (str(HERE), str(ROOT)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
@@ -332,7 +340,11 @@ def bench_handoff_election(
         a.kill()
         if b is not None:
             b.kill()
-    return {"handoff": summarize(samples), "resign_call": summarize(resign_calls)}
+    return {
+        "handoff": summarize(samples),
+        "resign_call": summarize(resign_calls),
+        "samples_ms": [round(v * 1000, 3) for v in samples],
+    }
 
 
 def bench_handoff_prl(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> dict[str, Any]:
@@ -364,7 +376,7 @@ def bench_handoff_prl(ctx: ForkServerContext, server: RedisServer, plan: Plan) -
         for worker in (a, b):
             if worker is not None:
                 worker.kill()
-    return {"handoff": summarize(samples)}
+    return {"handoff": summarize(samples), "samples_ms": [round(v * 1000, 3) for v in samples]}
 
 
 def figure_handoff(report: Report) -> None:
@@ -401,7 +413,7 @@ def bench_failover(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> d
     sync = server.client()
     workers: list[Worker] = []
     after_expiry, after_kill, pttls = [], [], []
-    early = 0
+    early = renewed = 0
     try:
         first = Worker(ctx, _workers.election_worker, server.url, fields)
         workers.append(first)
@@ -416,14 +428,21 @@ def bench_failover(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> d
         rng = random.Random(7)
         for _ in range(plan.kills):
             time.sleep(rng.uniform(0.3, 0.7))  # a random phase against the heartbeat
+            before_kill = time.monotonic()
+            pttl_before = int(sync.pttl(lock_key))
+            os.kill(leader.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            # Read the lease only once the process is reaped: a renewal it sent just before the
+            # kill can still land after a PTTL read taken before it, moving the expiry by one
+            # heartbeat.
+            leader.proc.join(5)
             t_before = time.monotonic()
             pttl = int(sync.pttl(lock_key))
             t_after = time.monotonic()
-            os.kill(leader.pid, signal.SIGKILL)
-            killed_at = time.monotonic()
             if pttl < 0:
-                raise RuntimeError(f"no lease to expire (PTTL {pttl}) before the kill")
+                raise RuntimeError(f"no lease to expire (PTTL {pttl}) after the kill")
             expiry = (t_before + t_after) / 2 + pttl / 1000
+            renewed += expiry > before_kill + pttl_before / 1000 + 0.005
             others = [w for w in workers if w is not leader]
             new_leader, message = expect_any(others, "leader", 10)
             became = message[1]
@@ -446,7 +465,9 @@ def bench_failover(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> d
         "after_expiry": summarize(after_expiry),
         "after_kill": summarize(after_kill),
         "pttl_at_kill_ms": summarize(p / 1000 for p in pttls),
+        "after_expiry_samples_ms": [round(v * 1000, 3) for v in after_expiry],
         "became_leader_before_expiry": early,
+        "renewed_between_pttl_read_and_kill": renewed,
         "followers": followers,
         "timings": {k: v for k, v in fields.items() if k != "name"},
     }
@@ -702,17 +723,56 @@ def print_table(report: Report) -> None:
             print("-" * (sum(widths) + 14))
 
 
-def git_commit() -> str:
-    try:
+def library_source() -> str:
+    """Where the benchmarked ``leaderelection`` comes from: the checkout's commit, or a path."""
+    package = Path(leaderelection.__file__).resolve().parent
+    if package != ROOT / "leaderelection":
+        return str(package)
+
+    def git(*args: str) -> str:
         out = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
         )
+        return out.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "leaderelection")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
+        return "checkout"
+    return f"{commit}{' + uncommitted changes' if dirty else ''}"
+
+
+def start_forkserver() -> ForkServerContext:
+    """A forkserver that preloads this benchmark's workers and the library the driver imported.
+
+    Python 3.11's forkserver starts with the current directory first on ``sys.path`` and does
+    not take the driver's ``sys.path``; start it from this directory, with the library's
+    directory first on PYTHONPATH, so its children import the same library as the driver.
+    """
+    library_root = str(Path(leaderelection.__file__).resolve().parent.parent)
+    paths = [
+        library_root,
+        str(HERE),
+        *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+    ]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["_workers", "leaderelection", "redis_lock"])
+    cwd = os.getcwd()
+    os.chdir(HERE)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.chdir(cwd)
+    probe = Worker(ctx, _workers.library_worker)
+    try:
+        used = probe.expect("library", 30)[1]
+    finally:
+        probe.kill()
+    if Path(used).resolve() != Path(leaderelection.__file__).resolve():
+        raise RuntimeError(f"workers import {used}, the driver {leaderelection.__file__}")
+    return ctx
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -723,8 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     run_started = time.monotonic()
 
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["_workers", "leaderelection", "redis_lock"])
+    ctx = start_forkserver()
     report = Report()
     server = RedisServer()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -742,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "machine": platform.machine(),
             "leaderelection": leaderelection.__version__,
-            "commit": git_commit(),
+            "library": library_source(),
         }
         gc.collect()
         log("1. raw EVALSHA")
@@ -757,9 +816,9 @@ def main(argv: list[str] | None = None) -> int:
         waited = server.wait_uptime_above(bound)
         note = (
             f"restart protection: waited {waited:.1f}s more (polling INFO) until the server's "
-            f"uptime_in_seconds > ceil(lock_ttl)+1 = {bound} for the default lock_ttl; every "
-            "election below starts on a fresh name (fence key missing) except 6, which seeds "
-            "its fence key with one short election first"
+            f"uptime_in_seconds > ceil(lock_ttl)+1 = {bound} (default lock_ttl) before the "
+            "first election; every election starts on a fresh name (fence key missing); in 6 "
+            "the lock is held by a key the benchmark sets (PX 600s) instead of by a leader"
         )
         report.notes.append(note)
         log(note)
@@ -787,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = report.data["meta"]
     print()
     print(
-        f"leaderelection {meta['leaderelection']} ({meta['commit']}), Python {meta['python']}, "
+        f"leaderelection {meta['leaderelection']} ({meta['library']}), Python {meta['python']}, "
         f"redis-py {meta['redis_py']} (hiredis {meta['hiredis']}), Redis {meta['redis_server']}, "
         f"{meta['cpus']} CPUs, {meta['mode']} run in {elapsed:.0f}s"
     )
