@@ -109,7 +109,9 @@ class LostLeadership:
 
 Transition = BecameLeader | LostLeadership
 
-_HELD_JITTER = (0.0005, 0.003)  # seconds added to a holder's remaining lease before trying again
+# Seconds added to a holder's remaining lease before trying again: late enough to find it
+# expired, spread enough that many followers on one client do not all ask in the same instant.
+_HELD_JITTER = (0.0005, 0.010)
 _RNG = random.Random()  # shared: a Random's state is 2.5 KB, and jitter needs no independence
 _MAX_UNKNOWN = 8  # unknown-outcome tokens kept (the oldest is dropped first)
 

@@ -143,6 +143,7 @@ class LeaderElection:
         "_errors",
         "_follower_event",
         "_held_back",
+        "_hub",
         "_instance_id",
         "_last_renew_latency",
         "_leader_event",
@@ -158,6 +159,7 @@ class LeaderElection:
         "_renew_failures",
         "_renewals",
         "_runner",
+        "_start_done",
         "_started_wall",
         "_state",
         "_stop_requested",
@@ -243,6 +245,8 @@ class LeaderElection:
         self._stop_requested = Flag()
         self._stopped = Flag()
         self._released = Flag()  # set once the shutdown released what may be ours
+        self._start_done = Flag()
+        self._hub: ReleaseHub | None = None
         self._held_back = False
         self._leader_id: str | None = None
         self._attempts = self._renewals = self._renew_failures = self._errors = self._moves = 0
@@ -437,29 +441,33 @@ class LeaderElection:
             )
         self._state = "starting"
         try:
+            # The first attempt runs right here, in the caller's task: nothing stands between
+            # entering and knowing the outcome but one round trip.
             store = self._get_store()
+            hub = self._hub = ReleaseHub.for_client(store.client)
+            subscribed = hub is not None and hub.is_active(store.channel)
+            await self._attempt(store, first=True)
+            if hub is not None:
+                # Subscribing after the attempt keeps the attempt alone on the wire. A follower
+                # whose attempt went out before the subscription was live may have missed a
+                # release in between: once it is live, look again at once.
+                await hub.add(store.channel, self._on_release)
+                if not subscribed and self._core.phase is Phase.FOLLOWER:
+                    timeout = self._timings.call_timeout
+                    if await hub.wait_active(store.channel, timeout=timeout):
+                        self._core.release_noticed(now=self._clock.now())
         except BaseException:
-            self._state = "stopped"
-            self._stopped.set()
+            # A permanent error or a cancellation: undo what was started, releasing a lock the
+            # first attempt may have won, then let the exception through.
+            cleanup = asyncio.ensure_future(self._teardown())
+            await _wait_shielded(cleanup, self._shutdown_bound())
             raise
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        self._runner = loop.create_task(
-            self._run(store, ready), name=f"leaderelection:{self._config.name}:{self._instance_id}"
+        finally:
+            self._start_done.set()
+        self._state = "running"
+        self._runner = asyncio.get_running_loop().create_task(
+            self._run(store), name=f"leaderelection:{self._config.name}:{self._instance_id}"
         )
-        try:
-            await asyncio.shield(ready)
-        except BaseException:
-            if ready.done() and not ready.cancelled() and ready.exception() is not None:
-                await _wait_shielded(self._runner, self._shutdown_bound())  # ends by itself
-                raise
-            # Cancelled while starting: undo what was started (release a lock the first attempt
-            # may have won), then let the cancellation through.
-            self._stop_requested.set()
-            if not ready.done():
-                self._runner.cancel()
-            await _wait_shielded(self._runner, self._shutdown_bound())
-            raise
 
     async def stop(self) -> None:
         """Stop campaigning; release leadership if held. Idempotent.
@@ -468,13 +476,13 @@ class LeaderElection:
         then releases the lock, waking a follower at once, then waits for the lose callbacks.
         Bounded even when Redis is gone: the release has a deadline of its own.
         """
+        self._stop_requested.set()
+        if self._state == "starting":  # stop() while start() is in its first attempt
+            await _wait_shielded(self._start_done, self._shutdown_bound())
         if self._runner is None:
             if self._state != "stopped":
-                self._state = "stopped"
-                self._stopped.set()
-                await self._close_client()
+                await self._teardown()
             return
-        self._stop_requested.set()
         if self._campaign_scope is not None:
             self._campaign_scope.cancel()
         if asyncio.current_task() is self._dispatcher:
@@ -503,6 +511,12 @@ class LeaderElection:
         if not transitions or run is None or self._tg is None:
             return
         self._apply(transitions)
+        if not run.tasks:
+            # Nothing to wait for: send the release from here, at once. If the caller is
+            # cancelled while the answer is on its way, the release was sent all the same, and
+            # the token stays remembered for stop() or the next acquire.
+            await self._release_unknown(run.term)
+            return
         # The hand-off runs in the election's task group: it completes even if the caller is
         # cancelled, or is itself a while_leader task that the end of the term just cancelled.
         done = Flag()
@@ -547,21 +561,15 @@ class LeaderElection:
             with contextlib.suppress(Exception):
                 await closer()
 
-    async def _run(self, store: RedisStore, ready: asyncio.Future[None]) -> None:
-        hub = ReleaseHub.for_client(store.client)
-        channel = store.channel
+    async def _run(self, store: RedisStore) -> None:
         try:
-            if hub is not None:
-                await hub.add(channel, self._on_release)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                try:
-                    await self._attempt(store, first=True)
-                except StoreError as exc:
-                    ready.set_exception(exc)
-                    return
-                self._state = "running"
-                ready.set_result(None)
+                if self._term is not None:  # won by the first attempt, in start()
+                    self._start_term_tasks(self._term)
+                if self._pending and not self._dispatcher_started:
+                    self._dispatcher_started = True
+                    tg.start_soon(self._dispatch)
                 # The retry loop runs in this task (one task less per idle candidate); stop()
                 # cancels its scope, and the shutdown follows once the cancellation has landed,
                 # so an acquire in flight has settled before anything is released.
@@ -574,18 +582,20 @@ class LeaderElection:
                 tg.cancel_scope.cancel()
         finally:
             self._tg = None
-            # Whatever ended the runner (a stop, a cancellation, a bug), end the term and release
-            # what may be ours; callbacks still queued run here, in order.
-            await self._abandon()
-            if hub is not None:
-                await hub.remove(channel, self._on_release)
-            self._state = "stopped"
-            self._leader_event.clear()
-            self._follower_event.set()
-            self._stopped.set()
-            await self._close_client()
-            if not ready.done():
-                ready.cancel()  # start() was cancelled before the first attempt finished
+            await self._teardown()
+
+    async def _teardown(self) -> None:
+        """Whatever ended the election (a stop, a cancellation, a failed start, a bug): end the
+        term, release what may be ours, run the callbacks still queued, and let go of Redis."""
+        await self._abandon()
+        if self._hub is not None and self._store is not None:
+            await self._hub.remove(self._store.channel, self._on_release)
+            self._hub = None
+        self._state = "stopped"
+        self._leader_event.clear()
+        self._follower_event.set()
+        self._stopped.set()
+        await self._close_client()
 
     async def _shutdown(self) -> None:
         self._state = "stopping"
@@ -743,17 +753,22 @@ class LeaderElection:
                 self._end_term(transition)
 
     def _begin_term(self, term: Term) -> None:
-        assert self._tg is not None and self._store is not None
         run = _TermRun(term)
         self._term = run
         self._leader_id = self._instance_id
         self._follower_event.clear()
         self._leader_event.set()
-        self._tg.start_soon(self._lead, run, self._store)
         logger.info("Became the leader", extra=self._extra())
+        if self._tg is not None:  # else the runner starts them as it comes up
+            self._start_term_tasks(run)
+        self._enqueue("become", run)
+
+    def _start_term_tasks(self, run: _TermRun) -> None:
+        """Start the term's heartbeat, watchdog and ``while_leader`` tasks."""
+        assert self._tg is not None and self._store is not None
+        self._tg.start_soon(self._lead, run, self._store)
         for func in self._leader_tasks:
             self._start_leader_task(func, run)
-        self._enqueue("become", run)
 
     def _end_term(self, lost: LostLeadership) -> None:
         run = self._term

@@ -26,6 +26,7 @@ from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ._clock import Flag
 from ._exceptions import (
     CorruptLeaderInfoError,
     StoreAuthenticationError,
@@ -371,6 +372,7 @@ class ReleaseHub:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._listeners: dict[str, set[ReleaseListener]] = {}
+        self._active: dict[str, Flag] = {}  # set once the server confirmed the subscription
         self._task: asyncio.Task[None] | None = None
         self._pubsub: Any = None
 
@@ -391,6 +393,7 @@ class ReleaseHub:
         """Call ``listener`` whenever a release is published on ``channel``."""
         listeners = self._listeners.setdefault(channel, set())
         listeners.add(listener)
+        self._active.setdefault(channel, Flag())
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._listen(), name="leaderelection-release-listener"
@@ -400,6 +403,21 @@ class ReleaseHub:
                 async with asyncio.timeout(1.0):
                     await self._pubsub.subscribe(channel)
 
+    def is_active(self, channel: str) -> bool:
+        """Whether the server has confirmed the subscription to ``channel``."""
+        flag = self._active.get(channel)
+        return flag is not None and flag.is_set()
+
+    async def wait_active(self, channel: str, *, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the subscription to ``channel``; False if it did not come."""
+        flag = self._active.get(channel)
+        if flag is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await flag.wait()
+        return flag.is_set()
+
     async def remove(self, channel: str, listener: ReleaseListener) -> None:
         """Stop calling ``listener``; the last removal stops the listener task."""
         listeners = self._listeners.get(channel)
@@ -407,6 +425,7 @@ class ReleaseHub:
             listeners.discard(listener)
             if not listeners:
                 del self._listeners[channel]
+                self._active.pop(channel, None)
                 if self._pubsub is not None and self._listeners:
                     with contextlib.suppress(rx.RedisError, OSError, TimeoutError):
                         async with asyncio.timeout(1.0):
@@ -433,7 +452,7 @@ class ReleaseHub:
         reconnect = warned = False
         try:
             while self._listeners:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._client.pubsub()
                 self._pubsub = pubsub
                 conn: Any = None
                 retry: Any = None
@@ -452,8 +471,13 @@ class ReleaseHub:
                     backoff = 0.05
                     while self._listeners:
                         message = await pubsub.get_message(timeout=_READ_TIMEOUT)
-                        if message is not None and message.get("type") == "message":
-                            self._notify(_text(message["channel"]))
+                        if message is None:
+                            continue
+                        channel = _text(message["channel"])
+                        if message.get("type") == "message":
+                            self._notify(channel)
+                        elif message.get("type") == "subscribe" and channel in self._active:
+                            self._active[channel].set()
                 except (rx.RedisError, OSError) as exc:
                     error = translate(exc, "subscribing to the release channel")
                     if isinstance(error, StoreAuthenticationError) and not warned:
@@ -467,6 +491,8 @@ class ReleaseHub:
                         logger.debug("Release subscription lost, reconnecting: %s", exc)
                 finally:
                     self._pubsub = None
+                    for flag in self._active.values():
+                        flag.clear()
                     if conn is not None and retry is not None:
                         conn.retry = retry  # the connection goes back to the client's pool
                     with contextlib.suppress(Exception):

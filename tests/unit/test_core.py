@@ -152,10 +152,10 @@ def test_watchdog_steps_down_at_the_deadline(now: float, lost: bool) -> None:
 @pytest.mark.parametrize(
     ("remaining_ms", "low", "high"),
     [
-        (7000, 7.0005, 7.0035),  # wake just after the holder's lease can have expired
-        (0, 0.0005, 0.0035),
-        (3_600_000, 10.0005, 10.0035),  # a foreign long TTL is capped at lock_ttl
-        (-1, 2.0005, 2.0035),  # a lock without expiry: look again after retry_interval
+        (7000, 7.0005, 7.0105),  # wake just after the holder's lease can have expired
+        (0, 0.0005, 0.0105),
+        (3_600_000, 10.0005, 10.0105),  # a foreign long TTL is capped at lock_ttl
+        (-1, 2.0005, 2.0105),  # a lock without expiry: look again after retry_interval
     ],
 )
 def test_follower_sleeps_until_the_lease_can_have_expired(
