@@ -95,13 +95,13 @@ class ElectionStatistics:
 
 
 class _TermRun:
-    """What one term started: its heartbeat scope and its ``while_leader`` tasks."""
+    """What one term started: its end signal and its ``while_leader`` tasks."""
 
-    __slots__ = ("scope", "tasks", "term")
+    __slots__ = ("ended", "tasks", "term")
 
     def __init__(self, term: Term) -> None:
         self.term = term
-        self.scope = anyio.CancelScope()
+        self.ended = Flag()  # the heartbeat and the watchdog return when it is set
         self.tasks: list[tuple[anyio.CancelScope, Flag]] = []
 
 
@@ -507,11 +507,10 @@ class LeaderElection:
         """
         self._require_running()
         run = self._term
-        transitions = self._core.resign(self._clock.now())
-        if not transitions or run is None or self._tg is None:
+        if run is None:
             return
-        self._apply(transitions)
-        if not run.tasks:
+        self._apply(self._core.resign(self._clock.now()))
+        if not run.tasks or self._tg is None:
             # Nothing to wait for: send the release from here, at once. If the caller is
             # cancelled while the answer is on its way, the release was sent all the same, and
             # the token stays remembered for stop() or the next acquire.
@@ -699,16 +698,13 @@ class LeaderElection:
                 continue
             await self._attempt(store)
 
-    async def _lead(self, run: _TermRun, store: RedisStore) -> None:
-        with run.scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watchdog, run.term)
-                await self._heartbeat(run.term, store)
-
-    async def _heartbeat(self, term: Term, store: RedisStore) -> None:
-        core, clock = self._core, self._clock
-        while core.term is term and core.phase is Phase.LEADER:
-            await clock.wait_until(core.next_renew_at)
+    async def _heartbeat(self, run: _TermRun, store: RedisStore) -> None:
+        # The term's end is signalled, not cancelled: a renewal in flight may finish (the core
+        # ignores an ended term's answers, and the script only extends a lock holding its token).
+        core, clock, term = self._core, self._clock, run.term
+        while not run.ended.is_set():
+            if await clock.wait_until(core.next_renew_at, run.ended):
+                return
             sent = clock.now()
             timeout = core.renew_timeout(sent)
             if timeout <= 0:
@@ -722,7 +718,7 @@ class LeaderElection:
                     timeout=timeout,
                 )
             except StoreError as exc:
-                if core.term is not term:  # the watchdog ended the term while we waited
+                if run.ended.is_set():  # the watchdog ended the term while we waited
                     return
                 self._errors += 1
                 self._renew_failures += 1
@@ -730,6 +726,8 @@ class LeaderElection:
                 self._apply(core.renew_failed(token=term.token, now=clock.now()))
                 continue
             now = clock.now()
+            if run.ended.is_set():
+                return
             if ok:
                 self._renewals += 1
                 self._last_renew_latency = now - sent
@@ -738,10 +736,11 @@ class LeaderElection:
             else:
                 self._apply(core.renew_lost(token=term.token, now=now))
 
-    async def _watchdog(self, term: Term) -> None:
+    async def _watchdog(self, run: _TermRun) -> None:
         core, clock = self._core, self._clock
-        while core.term is term and core.phase is Phase.LEADER:
-            await clock.wait_until(core.lease_deadline)
+        while not run.ended.is_set():
+            if await clock.wait_until(core.lease_deadline, run.ended):
+                return
             self._apply(core.check(clock.now()))
 
     def _apply(self, transitions: list[Transition]) -> None:
@@ -766,7 +765,8 @@ class LeaderElection:
     def _start_term_tasks(self, run: _TermRun) -> None:
         """Start the term's heartbeat, watchdog and ``while_leader`` tasks."""
         assert self._tg is not None and self._store is not None
-        self._tg.start_soon(self._lead, run, self._store)
+        self._tg.start_soon(self._heartbeat, run, self._store)
+        self._tg.start_soon(self._watchdog, run)
         for func in self._leader_tasks:
             self._start_leader_task(func, run)
 
@@ -777,7 +777,7 @@ class LeaderElection:
         self._leader_id = None  # unknown until the store is read again
         self._leader_event.clear()
         self._follower_event.set()
-        run.scope.cancel()
+        run.ended.set()
         for scope, _ in run.tasks:
             scope.cancel()
         extra = {**self._extra(run.term), "reason": lost.reason.value}

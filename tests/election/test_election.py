@@ -503,3 +503,14 @@ async def test_resign_from_a_while_leader_task_still_hands_over(make_client: Any
     async with a, LeaderElection(make_client(), config) as b:
         await b.wait_until_leader(timeout=2.0)
         assert not a.is_leader
+
+
+async def test_resign_right_after_start_returns(make_client: Any, config: ElectionConfig) -> None:
+    """start() returns before the election's own task runs; the API works at once."""
+    async with LeaderElection(make_client(), config) as a:
+        assert a.is_leader
+        await a.resign()
+        assert not a.is_leader
+        assert not a.leader_event.is_set()
+        await a.wait_until_leader(timeout=5)  # after the hold-back, a new term
+        assert a.statistics().terms_won == 2
