@@ -27,6 +27,7 @@ __all__ = [
     "find_redis_server",
     "percentile",
     "rss_bytes",
+    "stats_delta",
     "summarize",
 ]
 

@@ -196,6 +196,12 @@ async def _idle(url: str, name: str, count: int, window_s: float, trace: bool) -
     # library's restart protection would not grant a 600 s lease on a server younger than that,
     # and a leader in this process would add its own tasks to the measured set.
     sync.set(config.lock_key, f"bench-holder-{os.getpid()}", px=600_000)
+    # Warm up on another client: lazy imports and caches of a first election are not per
+    # candidate.
+    warm_client = aioredis.Redis.from_url(url)
+    async with LeaderElection(warm_client, config):
+        pass
+    await warm_client.aclose()
     client = aioredis.Redis.from_url(url)
     await client.ping()
 
