@@ -544,14 +544,7 @@ class LeaderElection:
         return self._store
 
     def _make_store(self, client: Any) -> RedisStore:
-        cfg = self._config
-        return RedisStore(
-            client,
-            lock_key=cfg.lock_key,
-            info_key=cfg.info_key,
-            fence_key=cfg.fence_key,
-            channel=cfg.release_channel,
-        )
+        return RedisStore.for_config(client, self._config)
 
     async def _close_client(self) -> None:
         if self._owns_client and self._client is not None:

@@ -27,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ._clock import Flag
+from ._config import ElectionConfig
 from ._exceptions import (
     CorruptLeaderInfoError,
     StoreAuthenticationError,
@@ -201,6 +202,17 @@ class RedisStore:
         # An in-process fakeredis server dies with the process and cannot lose data under a live
         # leader, and it has no INFO: restart protection does not apply to it.
         self._in_process = type(client).__module__.startswith("fakeredis")
+
+    @classmethod
+    def for_config(cls, client: Any, config: ElectionConfig) -> RedisStore:
+        """The store of the election that ``config`` describes, on ``client``."""
+        return cls(
+            client,
+            lock_key=config.lock_key,
+            info_key=config.info_key,
+            fence_key=config.fence_key,
+            channel=config.release_channel,
+        )
 
     @property
     def client(self) -> Any:

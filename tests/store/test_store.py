@@ -59,13 +59,7 @@ def store(client: Any, config: ElectionConfig) -> RedisStore:
 
 
 def make_store(client: Any, config: ElectionConfig) -> RedisStore:
-    return RedisStore(
-        client,
-        lock_key=config.lock_key,
-        info_key=config.info_key,
-        fence_key=config.fence_key,
-        channel=config.release_channel,
-    )
+    return RedisStore.for_config(client, config)
 
 
 async def acquire(
