@@ -48,7 +48,8 @@ T = TypeVar("T")
 # ARGV[1] the new term's random token
 # ARGV[2] lease length in milliseconds
 # ARGV[3] the info record as JSON without its closing brace (the script adds the fencing token)
-# ARGV[4] tokens of ours the lock may still hold, comma-separated, or "" (such a lock is taken over)
+# ARGV[4] tokens of ours the lock may still hold, comma-separated, or "" (such a lock is taken over;
+#         an empty lock value is never ours)
 # ARGV[5] restart protection: the server uptime in seconds needed before a free lock is granted
 #         (a restarted server may have lost, or restored from an older snapshot, the lock of a
 #         leader that is still alive); 0 disables it
@@ -64,7 +65,9 @@ if ARGV[6] == '1' and string.find(redis.call('INFO', 'replication'), 'role:slave
   return redis.error_reply("READONLY You can't write against a read only replica.")
 end
 local holder = redis.call('GET', KEYS[1])
-if holder and not string.find(',' .. ARGV[4] .. ',', ',' .. holder .. ',', 1, true) then
+local ours = holder and holder ~= ''
+  and string.find(',' .. ARGV[4] .. ',', ',' .. holder .. ',', 1, true)
+if holder and not ours then
   return {0, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
 end
 local need = tonumber(ARGV[5])
@@ -110,7 +113,9 @@ return 0
 # Returns 1 when the lock held one of them and is now deleted (and followers were told), else 0.
 RELEASE: Final = """
 local holder = redis.call('GET', KEYS[1])
-if holder and string.find(',' .. ARGV[1] .. ',', ',' .. holder .. ',', 1, true) then
+local ours = holder and holder ~= ''
+  and string.find(',' .. ARGV[1] .. ',', ',' .. holder .. ',', 1, true)
+if ours then
   redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
@@ -152,7 +157,13 @@ def _text(value: object) -> str:
 
 
 # How servers word a missing ACL permission, also inside scripts (Redis 6.2, 7, Valkey 8).
-_NO_PERMISSION: Final = ("NOPERM", "no permissions", "can't run this command", "ACL failure")
+_NO_PERMISSION: Final = (
+    "NOPERM",
+    "no permissions",
+    "can't run this command",
+    "can't publish to the channel",
+    "ACL failure",
+)
 
 
 def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> StoreError:
@@ -166,8 +177,8 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
     if isinstance(exc, rx.NoPermissionError) or any(m in message for m in _NO_PERMISSION):
         return StoreAuthenticationError(
             f"the Redis user lacks a permission needed while {what}: {message}. Grant EVALSHA, "
-            "EVAL, GET, SET, PEXPIRE, PTTL, DEL, INCR, PUBLISH, SUBSCRIBE, INFO and TIME on the "
-            "election's keys and channel"
+            "EVAL, GET, SET, PEXPIRE, PTTL, DEL, INCR, PUBLISH, SUBSCRIBE, UNSUBSCRIBE, INFO and "
+            "TIME on the election's keys and channel (docs/security.md has the exact ACL)"
         )
     if isinstance(exc, rx.ReadOnlyError) or "READONLY" in message:
         return StoreReadOnlyError(

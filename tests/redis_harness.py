@@ -15,6 +15,10 @@ Typical use from a test::
         async with redis.asyncio.Redis.from_url(proxy.url) as client:
             proxy.blackhole()  # the next call hangs until the mode changes
 
+For TLS, ``RedisServer(tls=TlsFiles(...))`` runs a server that only speaks TLS (when the binary
+was built with it), and :class:`TlsProxy` puts a TLS-terminating front in front of any plain
+server, so that ``rediss://`` clients can be tested with every binary.
+
 Beware of redis-py's default retry policy (10 retries with exponential backoff on
 ``ConnectionError``/``TimeoutError``): it hides a single connection fault. Use
 :func:`no_retry` to see faults as they happen.
@@ -31,11 +35,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -51,6 +57,9 @@ __all__ = [
     "MakeRedisServer",
     "RedisServer",
     "TcpProxy",
+    "TlsFiles",
+    "TlsProxy",
+    "TlsUnsupportedError",
     "find_redis_server",
     "free_port",
     "no_retry",
@@ -143,6 +152,41 @@ def sync_no_retry() -> redis.retry.Retry:
     return redis.retry.Retry(redis.backoff.NoBackoff(), 0)
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files for a TLS server: its certificate chain, its private key, and the CA to trust.
+
+    Attributes:
+        cert_file: The server's certificate (chain), PEM.
+        key_file: The server's private key, PEM, unencrypted.
+        ca_file: The CA certificate that clients use to verify the server, PEM.
+    """
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+
+class TlsUnsupportedError(RuntimeError):
+    """The server binary was built without TLS support."""
+
+
+# How servers built without TLS refuse a TLS configuration (Redis 6.2's config parser, Valkey's
+# connection-type registry, and older wordings).
+_NO_TLS_MARKERS = (
+    "Failed finding TLS support",
+    "connection type tls",
+    "TLS is not supported",
+    "not compiled with TLS",
+)
+
+
+def _says_no_tls(log: str) -> bool:
+    if any(marker in log for marker in _NO_TLS_MARKERS):
+        return True
+    return "Bad directive" in log and "tls-" in log
+
+
 class RedisServer:
     """A ``redis-server`` subprocess on 127.0.0.1 and a free port, in a private temp dir.
 
@@ -161,6 +205,11 @@ class RedisServer:
         extra_args: Extra command-line arguments, e.g. ``("--maxmemory", "10mb")``.
         port: Port to listen on; a free one is chosen at the first start when ``None``.
         start_timeout: Seconds :meth:`start` waits for the server to answer PING.
+        tls: Serve TLS only, with these files, on :attr:`port` (the plain port is off, and
+            clients are not asked for certificates). :attr:`url` is then ``rediss://`` with
+            ``ssl_ca_certs``, and :meth:`client` / :meth:`sync_client` verify the server.
+            :meth:`start` raises :class:`TlsUnsupportedError` if the binary has no TLS.
+            Not combinable with ``replica_of``.
     """
 
     def __init__(
@@ -173,8 +222,12 @@ class RedisServer:
         extra_args: tuple[str, ...] | list[str] = (),
         port: int | None = None,
         start_timeout: float = _START_TIMEOUT,
+        tls: TlsFiles | None = None,
     ) -> None:
+        if tls is not None and replica_of is not None:
+            raise ValueError("a TLS server cannot be started as a replica by this harness")
         self.binary = binary if binary is not None else find_redis_server()
+        self.tls = tls
         self.password = password
         self.appendonly = appendonly
         self.extra_args = tuple(extra_args)
@@ -202,10 +255,16 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """A redis-py URL for database 0, with the password if one is set."""
+        """A redis-py URL for database 0, with the password if one is set.
+
+        For a TLS server: ``rediss://...?ssl_ca_certs=<CA file>``.
+        """
         auth = ""
         if self.password is not None:
             auth = ":" + urllib.parse.quote(self.password, safe="") + "@"
+        if self.tls is not None:
+            ca = urllib.parse.quote(self.tls.ca_file, safe="")
+            return f"rediss://{auth}{self.host}:{self.port}/0?ssl_ca_certs={ca}"
         return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
@@ -277,9 +336,20 @@ class RedisServer:
             return
 
     def _command(self) -> list[str]:
+        if self.tls is None:
+            listen = ["--port", str(self.port)]
+        else:
+            listen = [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", self.tls.cert_file,
+                "--tls-key-file", self.tls.key_file,
+                "--tls-ca-cert-file", self.tls.ca_file,
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         args = [
             self.binary,
-            "--port", str(self.port),
+            *listen,
             "--bind", _LOCALHOST,
             "--protected-mode", "no",
             "--daemonize", "no",
@@ -339,6 +409,11 @@ class RedisServer:
                     log = self.log()
                     if "Address already in use" in log and not self._port_fixed:
                         raise _PortInUseError(log)
+                    if self.tls is not None and _says_no_tls(log):
+                        raise TlsUnsupportedError(
+                            f"{self.binary} was built without TLS support, so it cannot serve "
+                            f"rediss://. Log:\n{log}"
+                        )
                     raise RuntimeError(
                         f"redis-server exited with code {code} during startup "
                         f"(port {self.port}). Command: {self._command()}\nLog:\n{log}"
@@ -505,12 +580,13 @@ class RedisServer:
         ``async with server.client() as c:`` closes it automatically.
 
         Args:
-            **kwargs: Passed to ``redis.asyncio.Redis`` (override host, port and password).
+            **kwargs: Passed to ``redis.asyncio.Redis`` (override host, port and password,
+                and for a TLS server ``ssl`` and ``ssl_ca_certs``).
 
         Returns:
             A client for database 0.
         """
-        options: dict[str, Any] = {"host": self.host, "port": self.port, "password": self.password}
+        options = self._client_options()
         options.update(kwargs)
         return redis.asyncio.Redis(**options)
 
@@ -521,14 +597,21 @@ class RedisServer:
         event loop: the proxy cannot run while the client blocks.
 
         Args:
-            **kwargs: Passed to ``redis.Redis`` (override host, port and password).
+            **kwargs: Passed to ``redis.Redis`` (override host, port and password, and for a
+                TLS server ``ssl`` and ``ssl_ca_certs``).
 
         Returns:
             A client for database 0.
         """
-        options: dict[str, Any] = {"host": self.host, "port": self.port, "password": self.password}
+        options = self._client_options()
         options.update(kwargs)
         return redis.Redis(**options)
+
+    def _client_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"host": self.host, "port": self.port, "password": self.password}
+        if self.tls is not None:
+            options.update(ssl=True, ssl_ca_certs=self.tls.ca_file)
+        return options
 
     def uptime(self) -> int:
         """Return the server's ``uptime_in_seconds`` from ``INFO server``.
@@ -586,6 +669,7 @@ class MakeRedisServer(Protocol):
         extra_args: tuple[str, ...] | list[str] = ...,
         port: int | None = ...,
         start_timeout: float = ...,
+        tls: TlsFiles | None = ...,
     ) -> RedisServer:
         """Start and return a server that is closed at teardown."""
         ...
@@ -909,3 +993,177 @@ class MakeProxy(Protocol):
     async def __call__(self, target: RedisServer | tuple[str, int]) -> TcpProxy:
         """Start and return a proxy to ``target`` that is closed at teardown."""
         ...
+
+
+# -- TLS-terminating proxy ------------------------------------------------------------------
+
+
+class TlsProxy:
+    """A TLS-terminating asyncio proxy from a free port on 127.0.0.1 to a plain ``(host, port)``.
+
+    Clients connect with TLS and the proxy presents the certificate of ``ssl_context``; each
+    accepted connection is forwarded as plain TCP to the target. Any redis-server binary can so
+    be reached over a real, verified TLS handshake, also one built without TLS.
+
+    Args:
+        host: Upstream host.
+        port: Upstream port.
+        ssl_context: The server-side context, holding the certificate chain and key to present.
+        password: Password put in :attr:`url` (the proxy itself does not look at traffic).
+        ca_file: CA file put in :attr:`url` as ``ssl_ca_certs``, if given.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext,
+        password: str | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        self.target_host = host
+        self.target_port = port
+        self.ssl_context = ssl_context
+        self.password = password
+        self.ca_file = ca_file
+        self.handshakes = 0
+        self.upstream_connections = 0
+        self.tls_versions: list[str] = []
+        self._server: asyncio.Server | None = None
+        self._port: int | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def for_server(
+        cls, server: RedisServer, *, ssl_context: ssl.SSLContext, ca_file: str | None = None
+    ) -> TlsProxy:
+        """Return an unstarted proxy to a plain ``server`` whose :attr:`url` carries its password.
+
+        Args:
+            server: The Redis server to forward to.
+            ssl_context: The server-side context the proxy presents.
+            ca_file: CA file put in :attr:`url` as ``ssl_ca_certs``.
+
+        Returns:
+            The proxy; call :meth:`start` (or use ``async with``).
+        """
+        if server.tls is not None:
+            raise ValueError("the target must be a plain server: the proxy terminates TLS")
+        return cls(
+            server.host,
+            server.port,
+            ssl_context=ssl_context,
+            password=server.password,
+            ca_file=ca_file,
+        )
+
+    @property
+    def host(self) -> str:
+        """The address the proxy listens on (always 127.0.0.1)."""
+        return _LOCALHOST
+
+    @property
+    def port(self) -> int:
+        """The proxy's listening port."""
+        if self._port is None:
+            raise RuntimeError("the proxy has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """A ``rediss://`` URL for database 0 through the proxy (with ``ssl_ca_certs`` if set)."""
+        auth = ""
+        if self.password is not None:
+            auth = ":" + urllib.parse.quote(self.password, safe="") + "@"
+        query = ""
+        if self.ca_file is not None:
+            query = "?ssl_ca_certs=" + urllib.parse.quote(self.ca_file, safe="")
+        return f"rediss://{auth}{self.host}:{self.port}/0{query}"
+
+    @property
+    def connection_count(self) -> int:
+        """Number of proxied connections currently open."""
+        return len(self._writers) // 2
+
+    async def start(self) -> None:
+        """Listen on a free port on 127.0.0.1."""
+        if self._server is not None:
+            raise RuntimeError("the proxy is already started")
+        self._server = await asyncio.start_server(self._handle, _LOCALHOST, 0, ssl=self.ssl_context)
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Called once the TLS handshake has completed; a failed handshake never gets here.
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        self.handshakes += 1
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.tls_versions.append(str(ssl_object.version()))
+        writers = [writer]
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+            writers.append(up_writer)
+            self._writers.add(up_writer)
+            self.upstream_connections += 1
+            loop = asyncio.get_running_loop()
+            pumps = [
+                loop.create_task(_pump(reader, up_writer)),
+                loop.create_task(_pump(up_reader, writer)),
+            ]
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        except OSError:
+            pass  # the target refused: the client's connection is dropped below
+        finally:
+            for w in writers:
+                w.transport.abort()
+                self._writers.discard(w)
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self._tasks.discard(task)
+
+    async def close(self) -> None:
+        """Stop listening and abort every connection. Safe to call twice."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    async def __aenter__(self) -> TlsProxy:
+        """Start the proxy if needed and return it."""
+        if self._server is None:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the proxy."""
+        await self.close()
+
+    def __repr__(self) -> str:
+        """Show the ports."""
+        return f"<TlsProxy {self.host}:{self._port} -> {self.target_host}:{self.target_port}>"
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` to ``writer`` until end of file or a connection error."""
+    with contextlib.suppress(ConnectionError, OSError):  # ssl.SSLError is an OSError
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()

@@ -1,0 +1,76 @@
+"""Lock tokens and instance ids come from ``secrets``: a term's token is unguessable."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import leaderelection._election as election_module
+from leaderelection import LeaderElection
+
+from .conftest import fast_config, messages_until_sentinel, subscribe_confirmed
+
+TERMS = 4
+
+
+async def test_lock_token_is_the_one_secrets_made_128_bits_and_never_published(
+    shared_redis: Any, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[tuple[int | None, str]] = []
+
+    def recording_token_hex(nbytes: int | None = None) -> str:
+        value = secrets.token_hex(nbytes)
+        made.append((nbytes, value))
+        return value
+
+    # The module's only use of randomness for tokens and ids; anything else it took from
+    # `secrets` would fail here with an AttributeError.
+    monkeypatch.setattr(election_module, "secrets", SimpleNamespace(token_hex=recording_token_hex))
+    config = fast_config(name)
+    watcher = shared_redis.client()
+    pubsub = await subscribe_confirmed(watcher, config.release_channel)
+    lock_values: list[str] = []
+    infos: list[bytes] = []
+    try:
+        async with (
+            LeaderElection(shared_redis.url, config) as a,
+            LeaderElection(shared_redis.url, config) as b,
+        ):
+            # Instance ids: hostname-pid-<secrets.token_hex(4)>.
+            suffixes = [value for nbytes, value in made if nbytes == 4]
+            assert [a.instance_id.rsplit("-", 1)[1], b.instance_id.rsplit("-", 1)[1]] == suffixes
+            leader, follower = (a, b) if a.is_leader else (b, a)
+            assert leader.is_leader
+            for _ in range(TERMS):
+                lock_values.append((await watcher.get(config.lock_key)).decode())
+                infos.append(await watcher.get(config.info_key))
+                await leader.resign()
+                await follower.wait_until_leader(timeout=5)
+                leader, follower = follower, leader
+            lock_values.append((await watcher.get(config.lock_key)).decode())
+            infos.append(await watcher.get(config.info_key))
+        announced = await messages_until_sentinel(watcher, pubsub, config.release_channel)
+    finally:
+        await pubsub.aclose()
+        await watcher.aclose()
+
+    term_tokens = [value for nbytes, value in made if nbytes == 16]
+    # Every term's lock holds a token that secrets.token_hex(16) made: 128 bits, 32 hex digits.
+    assert all(value in term_tokens for value in lock_values), (lock_values, term_tokens)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in term_tokens)
+    # One fresh token per attempt: no two attempts, let alone two terms, share one.
+    assert len(set(term_tokens)) == len(term_tokens)
+    assert len(set(lock_values)) == TERMS + 1
+    # The token is only ever in the lock key: not in the leader-info record that anyone with
+    # read access sees, not in the release announcements, and not derived from the instance id.
+    for value, info in zip(lock_values, infos, strict=True):
+        assert value.encode() not in info
+        assert all(value.encode() not in message for message in announced)
+        assert value not in (a.instance_id, b.instance_id)
+    # Each release announced the releasing instance's id, and nothing else.
+    assert len(announced) == TERMS + 1
+    assert set(announced) == {a.instance_id.encode(), b.instance_id.encode()}
