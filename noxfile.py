@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``demo``."""
+"""Sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``demo``, ``chaos``."""
 
 from __future__ import annotations
 
@@ -49,3 +49,14 @@ def demo(session: nox.Session) -> None:
     """The demo: election, crash failover and graceful handoff on an in-process store."""
     session.install(".[demo]")
     session.run("python", "-m", "leaderelection", "demo")
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The chaos soak: faults against real redis-servers, then the checker's table.
+
+    ``nox -s chaos -- --minutes 30`` (options: ``--seed``, ``--candidates``, ``--ttl``,
+    ``--out DIR`` to keep the histories, ``--check DIR`` to check kept ones).
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "tests.chaos", *session.posargs)

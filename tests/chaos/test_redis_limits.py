@@ -1,0 +1,111 @@
+"""Where Redis itself can break "at most one leader", and what fencing still guarantees.
+
+Replication is asynchronous. When the primary dies before a replica received the write that
+granted a term, and that replica is promoted, the new primary has no lock: it grants a second
+term at once (its uptime is long, so the restart protection has nothing to hold back) while the
+first leader still reads ``is_leader`` True until its local deadline. No client-side protocol on
+a single asynchronously replicated lease store can prevent this; the fencing token can still
+order the two leaders' writes. This test builds that exact schedule, records the histories in
+the chaos format, and lets the chaos checker count the overlap and the rejected stale write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from leaderelection import ElectionConfig
+from tests.chaos.agent import FENCED_WRITE, RESOURCE_KEYS, History, recording_election
+from tests.chaos.checker import check, format_table
+
+pytestmark = pytest.mark.redis
+
+FAULT = "failover_lagging_replica"
+
+
+async def test_failover_to_a_lagging_replica_overlaps_but_fencing_orders_the_writes(
+    make_redis_server: Any, make_proxy: Any, tmp_path: Path
+) -> None:
+    primary = make_redis_server()
+    link = await make_proxy(primary)  # the replication link, so that it can be partitioned
+    # started from a thread: the proxy needs this event loop while the replica syncs
+    replica = await asyncio.to_thread(make_redis_server, replica_of=(link.host, link.port))
+    resource_server = make_redis_server()
+    # the restart protection needs ceil(2 s) + 2 s of uptime before a free lock is granted
+    await asyncio.to_thread(replica.wait_uptime_above, 3)
+    config: dict[str, Any] = {
+        "name": "limits",
+        "lock_ttl": "2s",
+        "heartbeat_interval": "100ms",
+        "retry_interval": "200ms",
+        "renew_deadline": "1800ms",
+    }
+    faults = [{"meta": {"ttl": 2.0, "retry": 0.2, "types": [FAULT]}, "t": time.monotonic()}]
+    faults.append({"started": time.monotonic()})
+    resource = redis.asyncio.Redis(host=resource_server.host, port=resource_server.port)
+    write = resource.register_script(FENCED_WRITE)
+
+    async def fenced_write(token: int | None, writer: str, seq: int) -> int:
+        assert token is not None
+        return int(
+            await write(keys=list(RESOURCE_KEYS), args=[token, writer, seq, time.monotonic()])
+        )
+
+    first = recording_election(
+        primary.url,
+        ElectionConfig(instance_id="first", **config),
+        History(str(tmp_path / "agent-first.jsonl")),
+    )
+    second = recording_election(
+        replica.url,
+        ElectionConfig(instance_id="second", **config),
+        History(str(tmp_path / "agent-second.jsonl")),
+    )
+    link.blackhole()  # replication stalls: the replica will miss the grant
+    async with first:
+        assert first.is_leader
+        old_token = first.fencing_token
+        assert await fenced_write(old_token, "first", 1) == 1
+
+        inject = time.monotonic()
+        primary.stop()  # the primary dies before the replica got the grant
+        await link.close()  # what the link held is lost with it
+        replica.promote()
+        faults.append({"fault": FAULT, "target": "redis", "inject": inject})
+        async with second:
+            faults[-1]["heal"] = time.monotonic()
+            # The documented break: both read is_leader True at this moment.
+            assert second.is_leader
+            assert first.is_leader
+            new_token = second.fencing_token
+            assert new_token is not None and old_token is not None
+            assert new_token > old_token  # re-seeded from the server's clock
+            # Fencing orders the writes: the new leader's lands, the old one's is refused.
+            assert await fenced_write(new_token, "second", 1) == 1
+            assert await fenced_write(old_token, "first", 2) == 0
+            # The old leader steps down by its local deadline, Redis or not.
+            await first.wait_until_follower(timeout=5)
+            assert second.is_leader
+            faults.append({"finished": time.monotonic()})
+    log = await resource.lrange(RESOURCE_KEYS[1], 0, -1)
+    await resource.aclose()
+    (tmp_path / "resource.jsonl").write_bytes(b"".join(entry + b"\n" for entry in log))
+    (tmp_path / "faults.jsonl").write_text("".join(json.dumps(r) + "\n" for r in faults))
+
+    report = check(tmp_path)
+    table = format_table(report)
+    print(table)
+    row = report.rows[FAULT]
+    assert row.overlaps == 1, table
+    assert 0 < row.max_overlap < 1.8, table
+    assert row.stale_rejected == 1, table
+    assert report.total.fenced_overlaps == 0, table
+    assert report.total.token_regressions == 0, table
+    assert report.total.unbalanced == 0, table
+    assert not report.safe  # S1 broke, as documented in docs/guarantees.md
