@@ -30,6 +30,7 @@ from ._exceptions import (
     WrongKeyTypeError,
 )
 from ._info import LeaderInfo
+from ._observer import LeaderChange, LeaderObserver
 
 __all__ = [
     "Clock",
@@ -39,9 +40,11 @@ __all__ = [
     "ElectionNotRunningError",
     "ElectionStatistics",
     "ErrorHandler",
+    "LeaderChange",
     "LeaderElection",
     "LeaderElectionError",
     "LeaderInfo",
+    "LeaderObserver",
     "MonotonicClock",
     "StoreAuthenticationError",
     "StoreError",

@@ -66,6 +66,16 @@ COMMANDS: dict[str, Command] = {
             "Uses an embedded in-process Redis (fakeredis) unless --redis-url is given."
         ),
     ),
+    "run": Command(
+        module="leaderelection._run",
+        help="run a command only while this instance leads, and stop it when leadership ends",
+        description=(
+            "Campaign in an election and run CMD while this instance leads: it starts when a "
+            "term starts, with the fencing token in its environment, and gets SIGTERM when the "
+            "term ends (SIGKILL after --grace). SIGINT and SIGTERM are forwarded to it; once it "
+            "is gone, leadership is released."
+        ),
+    ),
 }
 
 

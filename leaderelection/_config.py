@@ -250,6 +250,8 @@ class ElectionConfig(BaseModel):
             names = ", ".join(
                 f"{f}={v}" for f, v in _ENV.items() if f in data and f not in overrides
             )
+            if not names:  # every value came from the overrides
+                raise
             raise ConfigurationError(f"{exc} (read from the environment: {names})") from exc
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -46,7 +46,8 @@ from ._exceptions import (
     StoreUnavailableError,
 )
 from ._info import LeaderInfo
-from ._store import Acquired, Held, RedisStore, ReleaseHub
+from ._observer import LeaderChange, watch_changes
+from ._store import Acquired, Held, RedisStore, ReleaseHub, client_from_url
 
 __all__ = ["ElectionStatistics", "LeaderElection"]
 
@@ -328,7 +329,7 @@ class LeaderElection:
         timeout = self._timings.call_timeout
         if self._owns_client and self._state == "stopped":
             # The election's own client is closed; read with a short-lived one.
-            client = _client_from_url(self._url or "", timeout)
+            client = client_from_url(self._url or "", timeout)
             try:
                 return await self._make_store(client).read_info(timeout=timeout)
             finally:
@@ -339,6 +340,16 @@ class LeaderElection:
         """Read the leader's instance id from the store; None when no one leads."""
         info = await self.get_leader_info()
         return info.instance_id if info is not None else None
+
+    def changes(self) -> AsyncIterator[LeaderChange]:
+        """Iterate over the election's leader changes, as :meth:`LeaderObserver.changes` does,
+        on this election's client: the current state first, then every change in order.
+
+        Raises:
+            ElectionNotRunningError: the election is not running.
+        """
+        self._require_running()
+        return watch_changes(self._get_store(), self._timings)
 
     # ------------------------------------------------------------------------- waiting
 
@@ -539,7 +550,7 @@ class LeaderElection:
         if self._store is None:
             if self._client is None:
                 assert self._url is not None
-                self._client = _client_from_url(self._url, self._timings.call_timeout)
+                self._client = client_from_url(self._url, self._timings.call_timeout)
             self._store = self._make_store(self._client)
         return self._store
 
@@ -859,9 +870,21 @@ class LeaderElection:
                 extra=self._extra(),
             )
 
-    def _on_release(self) -> None:
-        if self._core.release_noticed(now=self._clock.now()):
-            self._wake.set()
+    def _on_release(self, message: str | None) -> None:
+        """A message on the election's channel: a release ("R ...", or None after a reconnect,
+        when one may have been missed) wakes a follower; a step-down request naming this
+        instance ("S <instance id>") makes a leader resign; a new term ("A ...") is for
+        observers."""
+        if message is None or message.startswith("R "):
+            if self._core.release_noticed(now=self._clock.now()):
+                self._wake.set()
+        elif message == f"S {self._instance_id}" and self.is_leader and self._tg is not None:
+            logger.info("Stepping down on request", extra=self._extra(self._core.term))
+            self._tg.start_soon(self._step_down_on_request)
+
+    async def _step_down_on_request(self) -> None:
+        with contextlib.suppress(ElectionNotRunningError):
+            await self.resign()
 
     def _info_json(self, term: Term | None, *, sent_wall: datetime) -> str:
         """The LeaderInfo JSON; without a term, the prefix the acquire script completes."""
@@ -941,25 +964,3 @@ async def _wait_first(*events: Waitable) -> None:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _client_from_url(url: str, call_timeout: float) -> Any:
-    try:
-        return aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=max(call_timeout, 0.1),
-            socket_keepalive=True,
-            health_check_interval=0,
-        )
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(
-            f"cannot use Redis URL {_redact(url)!r}: {exc}. Expected redis://[[user]:password@]"
-            "host[:port][/db], rediss://... or unix:///path/to/socket"
-        ) from exc
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeVar
 
+import redis.asyncio
 from pydantic import ValidationError
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
@@ -29,6 +30,7 @@ from redis.backoff import NoBackoff
 from ._clock import Flag
 from ._config import ElectionConfig
 from ._exceptions import (
+    ConfigurationError,
     CorruptLeaderInfoError,
     StoreAuthenticationError,
     StoreError,
@@ -38,7 +40,15 @@ from ._exceptions import (
 )
 from ._info import LeaderInfo
 
-__all__ = ["AcquireResult", "Acquired", "Held", "HeldBack", "RedisStore", "ReleaseHub"]
+__all__ = [
+    "AcquireResult",
+    "Acquired",
+    "Held",
+    "HeldBack",
+    "RedisStore",
+    "ReleaseHub",
+    "client_from_url",
+]
 
 logger = logging.getLogger("leaderelection")
 
@@ -55,6 +65,8 @@ T = TypeVar("T")
 #         leader that is still alive); 0 disables it
 # ARGV[6] "1" to refuse with READONLY when the server is a replica (checked on the first attempt,
 #         since a replica only shows it is read-only once a write is tried)
+# ARGV[7] the election's channel, on which the new term is announced ("A " and the info JSON) for
+#         observers; "" to announce nothing
 # Returns {1, fencing token (string), lease ms}         acquired
 #         {0, remaining lease ms, info JSON or false}   held by someone else
 #         {2, wait ms, server uptime s}                 held back by restart protection
@@ -91,8 +103,12 @@ else
   redis.call('SET', KEYS[3], now_us)
   token = now_us
 end
+local info = ARGV[3] .. ',"fencing_token":' .. token .. '}'
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[3] .. ',"fencing_token":' .. token .. '}', 'PX', ARGV[2])
+redis.call('SET', KEYS[2], info, 'PX', ARGV[2])
+if ARGV[7] ~= '' then
+  redis.pcall('PUBLISH', ARGV[7], 'A ' .. info)  -- for observers only: a refusal changes nothing
+end
 return {1, token, tonumber(ARGV[2])}
 """
 
@@ -109,21 +125,36 @@ return 0
 """
 
 # KEYS[1] lock key, KEYS[2] info key
-# ARGV[1] tokens of ours, comma-separated, ARGV[2] release channel, ARGV[3] message (instance id)
-# Returns 1 when the lock held one of them and is now deleted (and followers were told), else 0.
+# ARGV[1] tokens of ours, comma-separated, ARGV[2] the election's channel, ARGV[3] our instance id
+# Publishes "R <fencing token> <instance id>" (the token read from the info record, "0" if absent).
+# Returns 1 when the lock held one of them and is now deleted (and followers were told), 0 when
+# it held none, {3, error} when it was deleted but the server refused the PUBLISH (an ACL).
 RELEASE: Final = """
 local holder = redis.call('GET', KEYS[1])
 local ours = holder and holder ~= ''
   and string.find(',' .. ARGV[1] .. ',', ',' .. holder .. ',', 1, true)
 if ours then
+  local info = redis.call('GET', KEYS[2])
+  local fence = info and string.match(info, '"fencing_token":(%d+)') or '0'
   redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  local published = redis.pcall('PUBLISH', ARGV[2], 'R ' .. fence .. ' ' .. ARGV[3])
+  if type(published) == 'table' and published.err then
+    return {3, published.err}
+  end
   return 1
 end
 return 0
 """
 
-_SHA: Final = {src: hashlib.sha1(src.encode()).hexdigest() for src in (ACQUIRE, RENEW, RELEASE)}
+# KEYS[1] lock key, KEYS[2] info key
+# Returns {info JSON or false, remaining lease in ms (PTTL: -2 when there is no lock)}
+READ: Final = """
+return {redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1])}
+"""
+
+_SHA: Final = {
+    src: hashlib.sha1(src.encode()).hexdigest() for src in (ACQUIRE, RENEW, RELEASE, READ)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,8 +293,10 @@ class RedisStore:
         min_uptime_s: int,
         timeout: float,
         check_role: bool = False,
+        announce: bool = True,
     ) -> AcquireResult:
-        """Try to take the lock for a new term (see ``ACQUIRE``)."""
+        """Try to take the lock for a new term (see ``ACQUIRE``); a new term is announced on
+        the election's channel unless ``announce`` is False."""
         reply = await self._bounded(
             "acquiring the lock",
             timeout,
@@ -277,6 +310,7 @@ class RedisStore:
                 ",".join(unknown_tokens),
                 0 if self._in_process else min_uptime_s,
                 "1" if check_role and not self._in_process else "0",
+                self._channel if announce else "",
             ),
         )
         kind = int(reply[0])
@@ -296,7 +330,7 @@ class RedisStore:
         )
         return int(reply) == 1
 
-    async def release(self, tokens: tuple[str, ...], message: str, *, timeout: float) -> bool:
+    async def release(self, tokens: tuple[str, ...], instance_id: str, *, timeout: float) -> bool:
         """Delete the lock if it holds one of ``tokens`` and tell followers (see ``RELEASE``).
 
         Returns False when the lock held none of them.
@@ -306,8 +340,17 @@ class RedisStore:
         reply = await self._bounded(
             "releasing the lock",
             timeout,
-            lambda: self._script(RELEASE, 2, lock, info, joined, self._channel, message),
+            lambda: self._script(RELEASE, 2, lock, info, joined, self._channel, instance_id),
         )
+        if isinstance(reply, list):
+            logger.warning(
+                "Released the lock, but Redis refused to announce it on %s (%s): followers take "
+                "over at their next attempt, within lock_ttl, not at once. Grant PUBLISH on the "
+                "channel",
+                self._channel,
+                _text(reply[1]),
+            )
+            return True
         return int(reply) == 1
 
     async def diagnose(self, *, timeout: float) -> StoreError | None:
@@ -354,6 +397,36 @@ class RedisStore:
         )
         if raw is None:
             return None
+        return self._parse_info(raw)
+
+    async def read_state(self, *, timeout: float) -> tuple[LeaderInfo | None, int]:
+        """Read the leader record and the lease left in ms, in one round trip (see ``READ``).
+
+        Returns ``(None, ...)`` when no one leads; the lease left is 0 then.
+
+        Raises:
+            CorruptLeaderInfoError: the record is not a valid LeaderInfo.
+        """
+        lock, info, _ = self._keys
+        raw, pttl = await self._bounded(
+            "reading the leader", timeout, lambda: self._script(READ, 2, lock, info)
+        )
+        if not raw:
+            return None, 0
+        return self._parse_info(raw), max(int(pttl), 0)
+
+    async def request_step_down(self, instance_id: str, *, timeout: float) -> int:
+        """Ask the leader ``instance_id`` to resign: publish ``S <instance id>`` on the
+        election's channel. Returns how many subscribers received the request."""
+        return int(
+            await self._bounded(
+                "asking the leader to step down",
+                timeout,
+                lambda: self._client.publish(self._channel, f"S {instance_id}"),
+            )
+        )
+
+    def _parse_info(self, raw: Any) -> LeaderInfo:
         try:
             return LeaderInfo.model_validate_json(raw)
         except ValidationError as exc:
@@ -378,7 +451,9 @@ def _holder_id(raw: object) -> str | None:
         return None
 
 
-ReleaseListener = Callable[[], None]
+# Called with each message published on the channel, or with None after a reconnect (when a
+# message may have been missed).
+ReleaseListener = Callable[[str | None], None]
 _READ_TIMEOUT: Final = 1.0  # seconds a pub/sub read waits before the listener looks around
 
 
@@ -413,7 +488,8 @@ class ReleaseHub:
         return hub
 
     async def add(self, channel: str, listener: ReleaseListener) -> None:
-        """Call ``listener`` whenever a release is published on ``channel``."""
+        """Call ``listener`` with every message published on ``channel`` (and with None after a
+        reconnect, when messages may have been missed)."""
         listeners = self._listeners.setdefault(channel, set())
         listeners.add(listener)
         self._active.setdefault(channel, Flag())
@@ -453,6 +529,12 @@ class ReleaseHub:
                     with contextlib.suppress(rx.RedisError, OSError, TimeoutError):
                         async with asyncio.timeout(1.0):
                             await self._pubsub.unsubscribe(channel)
+        if not self._listeners:
+            # The registry's value holds the client strongly: drop the entry with the last
+            # listener, or every client ever used would stay alive.
+            with contextlib.suppress(TypeError):
+                if self._hubs.get(self._client) is self:
+                    del self._hubs[self._client]
         if not self._listeners and self._task is not None:
             task, self._task = self._task, None
             # redis-py can swallow a cancellation that lands inside a pub/sub read, so cancel
@@ -466,9 +548,9 @@ class ReleaseHub:
             else:
                 logger.warning("The release listener did not stop; leaving it to end on its own")
 
-    def _notify(self, channel: str) -> None:
+    def _notify(self, channel: str, message: str | None) -> None:
         for listener in list(self._listeners.get(channel, ())):
-            listener()
+            listener(message)
 
     async def _listen(self) -> None:
         backoff = 0.05
@@ -490,7 +572,7 @@ class ReleaseHub:
                         conn.retry = Retry(NoBackoff(), 0)
                     if reconnect:
                         for channel in list(self._listeners):
-                            self._notify(channel)
+                            self._notify(channel, None)
                     backoff = 0.05
                     while self._listeners:
                         message = await pubsub.get_message(timeout=_READ_TIMEOUT)
@@ -498,7 +580,7 @@ class ReleaseHub:
                             continue
                         channel = _text(message["channel"])
                         if message.get("type") == "message":
-                            self._notify(channel)
+                            self._notify(channel, _text(message["data"]))
                         elif message.get("type") == "subscribe" and channel in self._active:
                             self._active[channel].set()
                 except (rx.RedisError, OSError) as exc:
@@ -531,3 +613,26 @@ class ReleaseHub:
 async def _close_pubsub(pubsub: Any) -> None:
     closer = getattr(pubsub, "aclose", None) or pubsub.close
     await closer()
+
+
+def client_from_url(url: str, call_timeout: float) -> Any:
+    """A ``redis.asyncio.Redis`` for ``url`` whose connects are bounded by ``call_timeout``."""
+    try:
+        return redis.asyncio.Redis.from_url(
+            url,
+            socket_connect_timeout=max(call_timeout, 0.1),
+            socket_keepalive=True,
+            health_check_interval=0,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"cannot use Redis URL {_redact(url)!r}: {exc}. Expected redis://[[user]:password@]"
+            "host[:port][/db], rediss://... or unix:///path/to/socket"
+        ) from exc
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

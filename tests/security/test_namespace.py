@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from redis import exceptions as rx
 
-from leaderelection import ElectionConfig, LeaderElection
+from leaderelection import ElectionConfig, LeaderElection, LeaderInfo
 from tests.waiting import eventually
 
 from .conftest import ACL_COMMANDS, fast_config
@@ -260,7 +260,15 @@ async def test_a_whole_lifecycle_stays_in_the_elections_namespace(
     assert subscribed == {config.release_channel}
     assert not any(argv[0].lower() in {b"psubscribe", b"ssubscribe"} for _, argv in seen.commands)
     assert {channel for channel, _ in seen.published} == {config.release_channel}
-    assert {data for _, data in seen.published} <= {a.instance_id.encode(), b.instance_id.encode()}
+    # Releases announce the fencing token and instance id; new terms the public leader record.
+    ids = {a.instance_id, b.instance_id}
+    for _, data in seen.published:
+        kind, _, rest = data.decode().partition(" ")
+        if kind == "R":
+            token, _, instance = rest.partition(" ")
+            assert token.isdigit() and instance in ids, data
+        else:
+            assert kind == "A" and LeaderInfo.model_validate_json(rest).instance_id in ids, data
 
     # Commands: all within the documented ACL, or tolerated. The lifecycle took every path but
     # the rare ones (INCR: a fence ahead of the server clock; UNSUBSCRIBE: several elections on

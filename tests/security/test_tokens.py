@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import leaderelection._election as election_module
-from leaderelection import LeaderElection
+from leaderelection import LeaderElection, LeaderInfo
 
 from .conftest import fast_config, messages_until_sentinel, subscribe_confirmed
 
@@ -71,6 +71,13 @@ async def test_lock_token_is_the_one_secrets_made_128_bits_and_never_published(
         assert value.encode() not in info
         assert all(value.encode() not in message for message in announced)
         assert value not in (a.instance_id, b.instance_id)
-    # Each release announced the releasing instance's id, and nothing else.
-    assert len(announced) == TERMS + 1
-    assert set(announced) == {a.instance_id.encode(), b.instance_id.encode()}
+    # Each release announced the term's fencing token and the releasing instance's id; each new
+    # term, the public leader record. Nothing else.
+    released = [m.decode().split(" ") for m in announced if m.startswith(b"R ")]
+    started = [m.decode()[2:] for m in announced if m.startswith(b"A ")]
+    assert len(released) == len(started) == TERMS + 1
+    assert len(announced) == 2 * (TERMS + 1)
+    assert {instance for _, _, instance in released} == {a.instance_id, b.instance_id}
+    assert [int(token) for _, token, _ in released] == sorted(
+        LeaderInfo.model_validate_json(info).fencing_token for info in started
+    )

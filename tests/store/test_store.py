@@ -117,7 +117,8 @@ async def test_renew_only_with_our_token(
 async def test_release_only_with_our_token_and_announces_it(
     store: RedisStore, client: Any, config: ElectionConfig
 ) -> None:
-    assert isinstance(await acquire(store, "tok-a"), Acquired)
+    result = await acquire(store, "tok-a")
+    assert isinstance(result, Acquired)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(config.release_channel)
     try:
@@ -130,7 +131,7 @@ async def test_release_only_with_our_token_and_announces_it(
             while message is None:
                 message = await pubsub.get_message(timeout=1.0)
         assert _s(message["channel"]) == config.release_channel
-        assert _s(message["data"]) == "me"
+        assert _s(message["data"]) == f"R {result.fencing_token} me"
     finally:
         await pubsub.aclose()
     assert await store.read_info(timeout=2.0) is None

@@ -1,0 +1,316 @@
+"""LeaderObserver: who leads an election, and every change of leader, for anyone.
+
+Every change of leader reaches the election's channel: a new term is announced by the acquire
+script (``A`` and the leader record), a release by the release script (``R``, the term's fencing
+token and the instance id). A lease that expires announces nothing, so the observer also reads
+the leader record when the current lease can end (its remaining TTL), and after the subscription
+reconnects. Between two different terms the stream always shows "no leader": it alternates
+leader, no leader, leader. (A new term is granted on a free lock, or on a lock held by a token
+of the same candidate that it never learned it had won, after a lost reply.)
+Tokens only grow, so an answer older than what was already seen is recognised and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self
+
+import redis as _redis_sync
+
+from ._clock import Flag
+from ._config import ElectionConfig
+from ._core import Timings
+from ._exceptions import (
+    ConfigurationError,
+    LeaderElectionError,
+    StoreAuthenticationError,
+    StoreError,
+)
+from ._info import LeaderInfo
+from ._store import RedisStore, ReleaseHub, client_from_url
+
+__all__ = ["LeaderChange", "LeaderObserver", "watch_changes"]
+
+logger = logging.getLogger("leaderelection")
+
+_EXPIRY_MARGIN: Final = 0.005  # read this long after the lease can have ended
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderChange:
+    """One change of leader, as seen by an observer.
+
+    Attributes:
+        leader: The new leader's record, or None when no one leads.
+        previous: The leader before the change, or None.
+        at: When the observer saw the change (UTC, this machine's clock).
+        initial: True for the first item of a stream: the state when watching began.
+    """
+
+    leader: LeaderInfo | None
+    previous: LeaderInfo | None
+    at: datetime
+    initial: bool = False
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The new leader's fencing token, or None when no one leads."""
+        return self.leader.fencing_token if self.leader is not None else None
+
+
+async def watch_changes(store: RedisStore, timings: Timings) -> AsyncIterator[LeaderChange]:
+    """Yield the current leader, then every change of leader, in order (see the module doc)."""
+    hub = ReleaseHub.for_client(store.client)
+    messages: collections.deque[str | None] = collections.deque()
+    arrived = Flag()
+
+    def listen(message: str | None) -> None:
+        messages.append(message)
+        arrived.set()
+
+    if hub is not None:
+        await hub.add(store.channel, listen)
+    try:
+        if hub is not None:
+            await hub.wait_active(store.channel, timeout=timings.call_timeout)
+        # Subscribed first, then read: a change after the read is in the messages.
+        info, pttl_ms = await store.read_state(timeout=timings.call_timeout)
+        loop = asyncio.get_running_loop()
+        current = info
+        seen = info.fencing_token if info is not None else 0
+        yield LeaderChange(leader=info, previous=None, at=_utcnow(), initial=True)
+
+        def next_read(leader: LeaderInfo | None, pttl: int) -> float:
+            # While someone leads, look again when the lease can have ended; otherwise new terms
+            # are announced, and a read once per lease period covers a missed announcement.
+            wait = pttl / 1000 + _EXPIRY_MARGIN if leader is not None else timings.lock_ttl
+            return loop.time() + wait
+
+        read_at = next_read(info, pttl_ms)
+        errors = 0
+        task = asyncio.current_task()
+        while True:
+            # A cancellation that lands inside a redis-py call can be swallowed there (its
+            # asyncio.wait_for, on Python 3.11), but the task still counts it: honour it here.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
+            if not messages:
+                arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(read_at):
+                        await arrived.wait()
+            observed: list[LeaderInfo | None] = []
+            resync = not messages and loop.time() >= read_at
+            while messages:
+                message = messages.popleft()
+                if message is None:  # reconnected: something may have been missed
+                    resync = True
+                elif message.startswith("A "):
+                    try:
+                        new = LeaderInfo.model_validate_json(message[2:])
+                    except ValueError:
+                        resync = True
+                        continue
+                    if new.fencing_token >= seen:
+                        observed.append(new)
+                        seen = new.fencing_token
+                elif message.startswith("R "):
+                    token, _, _ = message[2:].partition(" ")
+                    last = observed[-1] if observed else current
+                    if last is not None and str(last.fencing_token) == token:
+                        observed.append(None)
+            if resync:
+                try:
+                    info, pttl_ms = await store.read_state(timeout=timings.call_timeout)
+                except StoreAuthenticationError:
+                    raise
+                except StoreError as exc:
+                    errors += 1
+                    delay = min(timings.retry_interval * 2 ** min(errors - 1, 5), timings.lock_ttl)
+                    logger.warning("Could not read the leader, retrying in %.1fs: %s", delay, exc)
+                    read_at = loop.time() + delay
+                    continue
+                errors = 0
+                if info is None or info.fencing_token >= seen:
+                    observed.append(info)
+                    if info is not None:
+                        seen = info.fencing_token
+                read_at = next_read(info, pttl_ms)
+            elif observed:
+                read_at = next_read(observed[-1], timings.lock_ttl_ms)
+            for leader in observed:
+                for change in _transitions(current, leader):
+                    yield change
+                current = leader
+    finally:
+        if hub is not None:
+            await hub.remove(store.channel, listen)
+
+
+def _transitions(current: LeaderInfo | None, new: LeaderInfo | None) -> list[LeaderChange]:
+    """The changes from ``current`` to ``new``: none for the same term, and a "no leader" in
+    between two different terms."""
+    now = _utcnow()
+    if new is None:
+        return [] if current is None else [LeaderChange(None, current, now)]
+    if current is None:
+        return [LeaderChange(new, None, now)]
+    if current.fencing_token == new.fencing_token:
+        return []
+    return [LeaderChange(None, current, now), LeaderChange(new, None, now)]
+
+
+class LeaderObserver:
+    """Watches an election without campaigning: who leads, and every change of leader.
+
+    Use it as ``async with LeaderObserver(redis, config) as observer:``. It needs the election's
+    ``name`` (and ``key_prefix`` or key overrides, if the candidates set them); the timing fields
+    should match the candidates' too, since ``lock_ttl`` bounds how long a missed announcement
+    can go unnoticed.
+
+    Args:
+        redis: A ``redis.asyncio.Redis`` or ``RedisCluster`` that the caller owns, or a
+            ``redis://``, ``rediss://`` or ``unix://`` URL whose client the observer creates
+            and closes.
+        config: The election's settings; the default is ``ElectionConfig()``.
+    """
+
+    def __init__(self, redis: Any, config: ElectionConfig | None = None) -> None:
+        if config is not None and not isinstance(config, ElectionConfig):
+            raise ConfigurationError(
+                f"config must be an ElectionConfig, got {type(config).__name__}"
+            )
+        self._config = config if config is not None else ElectionConfig()
+        self._timings = Timings(
+            lock_ttl=self._config.lock_ttl.total_seconds(),
+            heartbeat_interval=self._config.heartbeat_interval.total_seconds(),
+            retry_interval=self._config.retry_interval.total_seconds(),
+            renew_deadline=self._config.renew_deadline.total_seconds(),
+        )
+        self._url: str | None = None
+        self._client: Any = None
+        if isinstance(redis, str):
+            self._url = redis
+        elif isinstance(redis, _redis_sync.Redis):
+            raise ConfigurationError(
+                "LeaderObserver needs an asyncio client: pass redis.asyncio.Redis(...), not "
+                "redis.Redis(...), or a redis:// URL"
+            )
+        elif callable(getattr(redis, "evalsha", None)):
+            self._client = redis
+        else:
+            raise ConfigurationError(
+                "redis must be a redis.asyncio.Redis or RedisCluster client or a redis:// URL, "
+                f"got {type(redis).__name__}"
+            )
+        self._store: RedisStore | None = None
+        self._closed = False
+
+    @property
+    def config(self) -> ElectionConfig:
+        """The election's settings."""
+        return self._config
+
+    def _get_store(self) -> RedisStore:
+        if self._closed:
+            raise LeaderElectionError("this LeaderObserver is closed")
+        if self._store is None:
+            if self._client is None:
+                assert self._url is not None
+                self._client = client_from_url(self._url, self._timings.call_timeout)
+            self._store = RedisStore.for_config(self._client, self._config)
+        return self._store
+
+    async def current(self) -> LeaderInfo | None:
+        """Read who leads now; None when no one does. One round trip.
+
+        Raises:
+            StoreError: Redis failed or did not answer in time (``StoreUnavailableError``), or
+                refused (``StoreAuthenticationError``).
+            CorruptLeaderInfoError: the stored record is not valid LeaderInfo JSON.
+        """
+        info, _ = await self.current_lease()
+        return info
+
+    async def current_lease(self) -> tuple[LeaderInfo | None, float]:
+        """Read who leads now and the seconds left on its lease (0.0 when no one leads).
+
+        Raises the same exceptions as :meth:`current`.
+        """
+        info, pttl_ms = await self._get_store().read_state(timeout=self._timings.call_timeout)
+        return info, pttl_ms / 1000
+
+    def changes(self) -> AsyncIterator[LeaderChange]:
+        """Iterate over the leader changes: first the current state (``initial=True``), then
+        every change, in order, including "no leader" between two terms and a new term of the
+        same instance. It waits on the election's channel and on lease expiry, never polls
+        faster than once per lease, and retries Redis errors (logged) until the loop is
+        cancelled or the iterator closed.
+
+        Raises:
+            StoreError: the first read failed (the following ones are retried), or Redis
+                refused a permission.
+        """
+        return watch_changes(self._get_store(), self._timings)
+
+    async def request_step_down(self, instance_id: str | None = None) -> str | None:
+        """Ask the leader to resign gracefully, as ``resign()`` would: it releases, a follower
+        takes over within milliseconds, and it stays a candidate.
+
+        Args:
+            instance_id: The leader to ask; by default the current one. A request naming an
+                instance that does not lead is ignored by every candidate.
+
+        Returns:
+            The instance id asked, or None when no one leads (nothing was sent).
+
+        Raises:
+            LeaderElectionError: no candidate of the election received the request (none is
+                running, or they cannot subscribe to the election's channel).
+            StoreError: Redis failed or refused.
+        """
+        store = self._get_store()
+        if instance_id is None:
+            info = await self.current()
+            if info is None:
+                return None
+            instance_id = info.instance_id
+        received = await store.request_step_down(instance_id, timeout=self._timings.call_timeout)
+        if received == 0:
+            raise LeaderElectionError(
+                f"no candidate of election {self._config.name!r} received the step-down request "
+                f"on {store.channel!r}: none is running, or they cannot SUBSCRIBE to it"
+            )
+        return instance_id
+
+    async def aclose(self) -> None:
+        """Close the client if the observer created it (from a URL). Idempotent."""
+        self._closed = True
+        if self._url is not None and self._client is not None:
+            client, self._client, self._store = self._client, None, None
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    async def __aenter__(self) -> Self:
+        """Return the observer (the client connects on first use)."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the observer (see :meth:`aclose`)."""
+        await self.aclose()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
