@@ -223,7 +223,8 @@ class ElectionConfig(BaseModel):
 
     @property
     def release_channel(self) -> str:
-        """The pub/sub channel on which releases are announced to waiting followers."""
+        """The election's pub/sub channel: releases (which wake waiting followers), new terms
+        (for observers) and step-down requests are announced on it."""
         return self.fence_key.removesuffix(":fence") + ":released"
 
     @classmethod

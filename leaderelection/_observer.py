@@ -272,8 +272,9 @@ class LeaderObserver:
             The instance id asked, or None when no one leads (nothing was sent).
 
         Raises:
-            LeaderElectionError: no candidate of the election received the request (none is
-                running, or they cannot subscribe to the election's channel).
+            LeaderElectionError: no one received the request: no candidate (nor observer) of
+                the election is subscribed to its channel. Observers count as receivers too, so
+                a request can be received and still find no leader to honour it.
             StoreError: Redis failed or refused.
         """
         store = self._get_store()
@@ -285,7 +286,7 @@ class LeaderObserver:
         received = await store.request_step_down(instance_id, timeout=self._timings.call_timeout)
         if received == 0:
             raise LeaderElectionError(
-                f"no candidate of election {self._config.name!r} received the step-down request "
+                f"no one subscribed to election {self._config.name!r} received the step-down request "
                 f"on {store.channel!r}: none is running, or they cannot SUBSCRIBE to it"
             )
         return instance_id
