@@ -286,8 +286,8 @@ class LeaderObserver:
         received = await store.request_step_down(instance_id, timeout=self._timings.call_timeout)
         if received == 0:
             raise LeaderElectionError(
-                f"no one subscribed to election {self._config.name!r} received the step-down request "
-                f"on {store.channel!r}: none is running, or they cannot SUBSCRIBE to it"
+                f"no one subscribed to election {self._config.name!r} received the step-down "
+                f"request on {store.channel!r}: no candidate is running, or none can SUBSCRIBE"
             )
         return instance_id
 
