@@ -76,6 +76,34 @@ COMMANDS: dict[str, Command] = {
             "is gone, leadership is released."
         ),
     ),
+    "status": Command(
+        module="leaderelection._status",
+        help="show the current leader, its fencing token, heartbeat and lease; exit 3 if none",
+        description=(
+            "Read who leads the election: instance id, hostname, pid, fencing token, when the "
+            "term started, the age of the last heartbeat and the lease left. Exits 0 when a "
+            "leader exists and 3 when none does; --json prints one JSON object."
+        ),
+    ),
+    "watch": Command(
+        module="leaderelection._watch",
+        help="print one line per change of leader, with a timestamp, until interrupted",
+        description=(
+            "Print the current leader, then one line per change of leader, in order, with "
+            "'no leader' between two terms, each with the time it was seen; --json prints JSON "
+            "lines. Runs until SIGINT or SIGTERM, and then exits 0."
+        ),
+    ),
+    "step-down": Command(
+        module="leaderelection._stepdown",
+        help="ask the leader to resign gracefully and hand over, e.g. before maintenance",
+        description=(
+            "Ask the current leader (or the one named with --instance, if it leads) to resign "
+            "gracefully: it releases leadership, another candidate takes over within "
+            "milliseconds, and it stays a candidate. Then wait for the handoff and print the "
+            "new leader."
+        ),
+    ),
 }
 
 

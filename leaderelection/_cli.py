@@ -66,7 +66,7 @@ class ExitCode(enum.IntEnum):
     """Bad usage or configuration: an unknown or invalid option, an invalid ``LEADER_ELECTION_*``
     value, inconsistent timings, an unusable Redis URL, no command given."""
     NO_LEADER = 3
-    """``status``: the election has no leader."""
+    """``status`` and ``step-down``: the election has no leader."""
     LEADERSHIP_LOST = 4
     """``run --on-loss exit``: the term ended, the command was stopped, and ``run`` exited."""
     CANNOT_EXECUTE = 126

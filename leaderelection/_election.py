@@ -530,7 +530,7 @@ class LeaderElection:
         # The hand-off runs in the election's task group: it completes even if the caller is
         # cancelled, or is itself a while_leader task that the end of the term just cancelled.
         done = Flag()
-        self._tg.start_soon(self._hand_off, run, done)
+        self._tg.start_soon(self._hand_off, run, self._core.unknown_tokens, done)
         await done.wait()
 
     # ------------------------------------------------------------------------ internals
@@ -623,11 +623,11 @@ class LeaderElection:
             if run is not None:
                 await self._run_callbacks(kind, run)
 
-    async def _hand_off(self, run: _TermRun, done: Flag) -> None:
+    async def _hand_off(self, run: _TermRun, tokens: tuple[str, ...], done: Flag) -> None:
         """After resign(): let the term's tasks finish, then release so a follower takes over."""
         try:
             await self._finish_leader_tasks(run)
-            await self._release_unknown(run.term)
+            await self._release_unknown(run.term, tokens)
         finally:
             done.set()
 
@@ -850,9 +850,17 @@ class LeaderElection:
         callbacks = self._become if kind == "become" else self._lose
         await callbacks.run(self._context(callbacks.kind, None, run.term), self._on_error)
 
-    async def _release_unknown(self, term: Term | None) -> None:
-        """Release the lock if it holds any token of ours (``term``: the term just ended)."""
-        tokens = self._core.unknown_tokens
+    async def _release_unknown(
+        self, term: Term | None, tokens: tuple[str, ...] | None = None
+    ) -> None:
+        """Release the lock if it holds any token of ours (``term``: the term just ended).
+
+        ``tokens`` defaults to every token whose outcome is unknown. A hand-off passes the ones
+        it had when the term ended instead: an acquire sent since then (the campaign goes on)
+        may have won the lock, and releasing its token would free a lock the core then leads.
+        """
+        if tokens is None:
+            tokens = self._core.unknown_tokens
         if self._store is None or not tokens:
             return
         if term is not None:

@@ -12,7 +12,8 @@ ends, no later than ``renew_deadline`` after the last successful renewal was sen
 never answers. That cancellation starts the stop; the stop itself runs in a task of its own, so
 that nothing can cut the grace period short, and the next term's task waits for it: there is never
 more than one command running per ``run``, and the command is always gone before ``run`` releases
-leadership.
+leadership. The cancelled task itself also waits for the stop, so that a resign (a step-down
+request) releases the lock only once the command is gone, as long as the election waits for it.
 
 The command runs in a process group of its own (so a terminal's Ctrl-C reaches it once, through
 ``run``), and signals go to the whole group, so a shell and the commands it started all get them.
@@ -28,6 +29,8 @@ import shlex
 import signal
 import sys
 from typing import Final
+
+import anyio
 
 from ._cli import (
     ExitCode,
@@ -338,7 +341,13 @@ class Runner:
                 return
             await asyncio.shield(child.exited)
         except asyncio.CancelledError:
-            self._ending = asyncio.ensure_future(self._end_term(spawn))
+            ending = self._ending = asyncio.ensure_future(self._end_term(spawn))
+            # Hold this task until the command is gone: after a resign() (a step-down request)
+            # the election releases the lock once the term's tasks are done (it waits for them
+            # up to one call deadline), and the next leader must not start its command while
+            # this one still runs. The election's cancel scope would interrupt a plain await.
+            with anyio.CancelScope(shield=True):
+                await asyncio.shield(ending)
             raise
         if child.stopping is None:
             self._ended_on_its_own(child)

@@ -1,6 +1,6 @@
 """The command that ``leaderelection run`` starts in these tests: it reports its life on stdout.
 
-``python child.py [--ignore-term] [--exit CODE | --exit SIGNAME]``
+``python child.py [--ignore-term | --linger SECONDS] [--exit CODE | --exit SIGNAME]``
 
 One JSON line per event, flushed at once, with ``time.monotonic()`` timestamps (one clock for
 every process on a Linux machine):
@@ -11,7 +11,8 @@ every process on a Linux machine):
 * ``{"event": "exit", "t"}``: right before it exits after a signal.
 
 On SIGTERM or SIGINT it exits with status 0, unless ``--ignore-term`` makes it carry on (until
-SIGKILL). ``--exit CODE`` exits at once with CODE; ``--exit SIGUSR1`` kills itself with it.
+SIGKILL); ``--linger SECONDS`` makes it take that long to exit (a command that cleans up).
+``--exit CODE`` exits at once with CODE; ``--exit SIGUSR1`` kills itself with it.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ def emit(**fields: Any) -> None:
 
 def main(argv: list[str]) -> int:
     ignore = "--ignore-term" in argv
+    linger = float(argv[argv.index("--linger") + 1]) if "--linger" in argv else 0.0
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         emit(event=signal.Signals(signum).name.lower())
         if not ignore:
+            time.sleep(linger)
             emit(event="exit")
             sys.exit(0)
 
