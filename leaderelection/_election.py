@@ -504,6 +504,9 @@ class LeaderElection:
         # a cancelled scope or asyncio.run() does not strand the lease; then the callbacks.
         await _wait_shielded(self._released, self._shutdown_bound())
         if not self._runner.done():
+            # A cancelled caller also gives the runner a bounded while to run the lose callbacks
+            # and close a client made from a URL, which asyncio.run() would otherwise cut short.
+            await _wait_shielded(self._runner, self._shutdown_bound())
             await asyncio.shield(self._runner)
 
     async def resign(self) -> None:
