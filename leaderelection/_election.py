@@ -22,7 +22,6 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
 
 import anyio
-import redis as _redis_sync
 import redis.asyncio as aioredis
 
 from ._callbacks import Callback, CallbackList, ErrorHandler, LeaderTask, report
@@ -47,7 +46,7 @@ from ._exceptions import (
 )
 from ._info import LeaderInfo
 from ._observer import LeaderChange, watch_changes
-from ._store import Acquired, Held, RedisStore, ReleaseHub, client_from_url
+from ._store import Acquired, Held, RedisStore, ReleaseHub, client_from_url, redis_argument
 
 __all__ = ["ElectionStatistics", "LeaderElection"]
 
@@ -188,24 +187,9 @@ class LeaderElection:
                 f"config must be an ElectionConfig, got {type(config).__name__}"
             )
         self._config = config if config is not None else ElectionConfig()
-        self._url: str | None = None
-        self._client: Any = None
-        self._owns_client = False
-        if isinstance(redis, str):
-            self._url = redis
-            self._owns_client = True
-        elif isinstance(redis, _redis_sync.Redis):
-            raise ConfigurationError(
-                "LeaderElection needs an asyncio client: pass redis.asyncio.Redis(...), not "
-                "redis.Redis(...), or a redis:// URL"
-            )
-        elif callable(getattr(redis, "evalsha", None)):
-            self._client = redis
-        else:
-            raise ConfigurationError(
-                "redis must be a redis.asyncio.Redis or RedisCluster client or a redis:// URL, "
-                f"got {type(redis).__name__}"
-            )
+        self._url: str | None
+        self._url, self._client = redis_argument(redis, "LeaderElection")
+        self._owns_client = self._url is not None
         cfg = self._config
         self._instance_id = cfg.instance_id or (
             f"{cfg.hostname}-{os.getpid()}-{secrets.token_hex(4)}"

@@ -22,8 +22,6 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-import redis as _redis_sync
-
 from ._clock import Flag
 from ._config import ElectionConfig
 from ._core import Timings
@@ -34,7 +32,7 @@ from ._exceptions import (
     StoreError,
 )
 from ._info import LeaderInfo
-from ._store import RedisStore, ReleaseHub, client_from_url
+from ._store import RedisStore, ReleaseHub, client_from_url, redis_argument
 
 __all__ = ["LeaderChange", "LeaderObserver", "watch_changes"]
 
@@ -194,22 +192,9 @@ class LeaderObserver:
             retry_interval=self._config.retry_interval.total_seconds(),
             renew_deadline=self._config.renew_deadline.total_seconds(),
         )
-        self._url: str | None = None
-        self._client: Any = None
-        if isinstance(redis, str):
-            self._url = redis
-        elif isinstance(redis, _redis_sync.Redis):
-            raise ConfigurationError(
-                "LeaderObserver needs an asyncio client: pass redis.asyncio.Redis(...), not "
-                "redis.Redis(...), or a redis:// URL"
-            )
-        elif callable(getattr(redis, "evalsha", None)):
-            self._client = redis
-        else:
-            raise ConfigurationError(
-                "redis must be a redis.asyncio.Redis or RedisCluster client or a redis:// URL, "
-                f"got {type(redis).__name__}"
-            )
+        self._url: str | None
+        self._client: Any
+        self._url, self._client = redis_argument(redis, "LeaderObserver")
         self._store: RedisStore | None = None
         self._closed = False
 

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeVar
 
+import redis as _redis_sync
 import redis.asyncio
 from pydantic import ValidationError
 from redis import exceptions as rx
@@ -48,6 +49,7 @@ __all__ = [
     "RedisStore",
     "ReleaseHub",
     "client_from_url",
+    "redis_argument",
 ]
 
 logger = logging.getLogger("leaderelection")
@@ -636,3 +638,24 @@ def _redact(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return url
+
+
+def redis_argument(target: Any, owner: str) -> tuple[str | None, Any]:
+    """Split the ``redis`` argument of ``owner`` (a class name) into ``(url, client)``.
+
+    Raises:
+        ConfigurationError: ``redis`` is a synchronous client, or not a Redis client or URL.
+    """
+    if isinstance(target, str):
+        return target, None
+    if isinstance(target, _redis_sync.Redis):
+        raise ConfigurationError(
+            f"{owner} needs an asyncio client: pass redis.asyncio.Redis(...), not "
+            "redis.Redis(...), or a redis:// URL"
+        )
+    if callable(getattr(target, "evalsha", None)):
+        return None, target
+    raise ConfigurationError(
+        "redis must be a redis.asyncio.Redis or RedisCluster client or a redis:// URL, "
+        f"got {type(target).__name__}"
+    )

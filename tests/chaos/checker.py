@@ -36,10 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.chaos.runner import RESTARTS
+
 EPSILON = 0.25  # seconds of slack on the failover bound: scheduling on a loaded 2-core machine
-RESTARTS = frozenset(
-    {"redis_restart_volatile", "redis_restart_aof", "redis_restart_shutdown", "redis_down_long"}
-)
 
 
 @dataclass
