@@ -104,6 +104,11 @@ _FIELDS: Final[tuple[tuple[str, str, str], ...]] = (
     ),
     ("instance_id", "ID", "this candidate's id (default: <hostname>-<pid>-<random>)"),
     ("hostname", "HOST", "the hostname reported in the leader record (default: this machine's)"),
+    (
+        "metadata",
+        "K=V,...",
+        "pairs the leader advertises in its record, e.g. url=http://10.0.0.5:8000 (default: none)",
+    ),
 )
 _DURATIONS: Final = frozenset(
     {"lock_ttl", "heartbeat_interval", "retry_interval", "renew_deadline"}

@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from redis.crc import key_slot
 
 from ._exceptions import ConfigurationError
+from ._info import FrozenMetadata, Metadata
 
 __all__ = ["ElectionConfig", "parse_duration"]
 
@@ -93,6 +94,7 @@ _ENV = {
     "hostname": "LEADER_ELECTION_HOSTNAME",
     "name": "LEADER_ELECTION_NAME",
     "key_prefix": "LEADER_ELECTION_KEY_PREFIX",
+    "metadata": "LEADER_ELECTION_METADATA",
 }
 
 
@@ -142,6 +144,11 @@ class ElectionConfig(BaseModel):
             ``hostname-pid-random``. Env ``LEADER_ELECTION_INSTANCE_ID``.
         hostname: Reported in LeaderInfo. Default the machine's hostname.
             Env ``LEADER_ELECTION_HOSTNAME``.
+        metadata: String pairs a leader advertises in its LeaderInfo, for example
+            ``{"url": "http://10.0.0.5:8000"}`` so that followers can send clients to it. Takes a
+            mapping, a JSON object, or ``"key=value,key=value"`` text; keys of 1 to 64 characters
+            ``A-Z a-z 0-9 _ . -``, at most 32 entries and 4 KB in all. Default none.
+            Read-only. Env ``LEADER_ELECTION_METADATA``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
@@ -158,6 +165,7 @@ class ElectionConfig(BaseModel):
     renew_deadline: Duration = timedelta(seconds=10) * 2 / 3
     instance_id: str | None = Field(default=None, min_length=1, max_length=200)
     hostname: str = Field(default_factory=socket.gethostname, min_length=1, max_length=255)
+    metadata: Metadata = Field(default_factory=FrozenMetadata)
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -886,7 +886,7 @@ class LeaderElection:
         started = sent_wall if term is None else self._started_wall
         if term is None:
             self._started_wall = sent_wall
-        record = {
+        record: dict[str, object] = {
             "instance_id": self._instance_id,
             "hostname": self._config.hostname,
             "pid": os.getpid(),
@@ -894,6 +894,8 @@ class LeaderElection:
             "last_heartbeat": sent_wall.isoformat(),
             "election": self._config.name,
         }
+        if self._config.metadata:
+            record["metadata"] = self._config.metadata
         text = json.dumps(record, separators=(",", ":"))
         if term is None:
             return text[:-1]

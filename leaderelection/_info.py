@@ -2,11 +2,104 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Annotated, Any, NoReturn
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
-__all__ = ["LeaderInfo"]
+__all__ = ["LeaderInfo", "Metadata", "parse_metadata"]
+
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_METADATA_MAX_ENTRIES = 32
+_METADATA_MAX_VALUE = 1024
+_METADATA_MAX_BYTES = 4096
+
+
+class FrozenMetadata(dict[str, str]):
+    """A read-only ``dict[str, str]``: the metadata of a frozen config or record.
+
+    It is a ``dict`` (JSON, ``==`` and ``model_dump`` work as usual) that refuses changes and can
+    be hashed, like the frozen models that hold it.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("metadata is read-only: build a new config with the metadata you want")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse
+    __ior__ = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+
+def parse_metadata(value: object) -> dict[str, str]:
+    """Read metadata from a mapping, a JSON object, or ``"key=value,key=value"`` text.
+
+    The text forms are what ``LEADER_ELECTION_METADATA`` and ``--metadata`` take. Keys are 1 to 64
+    characters of ``A-Z a-z 0-9 _ . -``; values are strings of at most 1024 characters; at most
+    32 entries and 4 KB of JSON in all, because the record is rewritten on every heartbeat.
+
+    Raises:
+        ValueError: the value cannot be read, or breaks one of those limits (the message says which).
+    """
+    if isinstance(value, Mapping):
+        items = dict(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("{", "[")):
+            try:
+                loaded = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"metadata is not a valid JSON object: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise ValueError("metadata JSON must be an object of strings")
+            items = loaded
+        else:
+            items = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                key, sep, val = part.partition("=")
+                if not sep:
+                    raise ValueError(
+                        f"cannot read metadata entry {part!r}: write key=value pairs separated "
+                        "by commas (url=http://10.0.0.5:8000,zone=eu-1) or a JSON object"
+                    )
+                items[key.strip()] = val.strip()
+    else:
+        raise ValueError(
+            f"metadata must be a mapping of strings, a JSON object or 'key=value,...' text, got "
+            f"{type(value).__name__}"
+        )
+    if len(items) > _METADATA_MAX_ENTRIES:
+        raise ValueError(f"metadata has {len(items)} entries; at most {_METADATA_MAX_ENTRIES}")
+    for key, val in items.items():
+        if not isinstance(key, str) or not _METADATA_KEY.fullmatch(key):
+            raise ValueError(
+                f"metadata key {key!r} is not allowed: use 1 to 64 characters of A-Z a-z 0-9 _ . -"
+            )
+        if not isinstance(val, str):
+            raise ValueError(f"metadata value of {key!r} must be a string, got {type(val).__name__}")
+        if len(val) > _METADATA_MAX_VALUE:
+            raise ValueError(
+                f"metadata value of {key!r} has {len(val)} characters; at most "
+                f"{_METADATA_MAX_VALUE}"
+            )
+    size = len(json.dumps(items, separators=(",", ":")).encode())
+    if size > _METADATA_MAX_BYTES:
+        raise ValueError(
+            f"metadata takes {size} bytes as JSON; at most {_METADATA_MAX_BYTES} (it is rewritten "
+            "on every heartbeat)"
+        )
+    return items
+
+
+Metadata = Annotated[
+    dict[str, str], BeforeValidator(parse_metadata), AfterValidator(FrozenMetadata)
+]
 
 
 class LeaderInfo(BaseModel):
@@ -23,6 +116,9 @@ class LeaderInfo(BaseModel):
         last_heartbeat: When the leader last renewed (UTC, the leader's clock).
         fencing_token: The term's fencing token; strictly increasing across terms.
         election: The election's name.
+        metadata: What the leader advertises (``ElectionConfig.metadata``), for example
+            ``{"url": "http://10.0.0.5:8000"}`` so followers can point clients to it; empty when
+            none was configured. Read-only.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -34,6 +130,7 @@ class LeaderInfo(BaseModel):
     last_heartbeat: AwareDatetime
     fencing_token: int = Field(ge=0)
     election: str
+    metadata: Metadata = Field(default_factory=FrozenMetadata)
 
     def heartbeat_age(self, now: datetime) -> float:
         """Seconds between ``last_heartbeat`` and ``now`` (an aware datetime)."""

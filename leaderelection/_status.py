@@ -103,6 +103,7 @@ def info_json(info: LeaderInfo) -> dict[str, Any]:
         "fencing_token": info.fencing_token,
         "started_at": format_time(info.started_at),
         "last_heartbeat": format_time(info.last_heartbeat),
+        "metadata": dict(info.metadata),
     }
 
 
@@ -154,6 +155,7 @@ def format_status(status: Status) -> str:
             ),
             ("lease left", format_age(status.lease_left)),
         ]
+        rows += [(f"metadata {key}", value) for key, value in sorted(info.metadata.items())]
     width = max(len(label) for label, _ in rows) + 2
     return "\n".join(f"{label:<{width}}{value}" for label, value in rows)
 

@@ -67,6 +67,7 @@ def test_every_config_field_has_a_flag() -> None:
         "renew_deadline": "3s",
         "instance_id": "worker-1",
         "hostname": "host-a",
+        "metadata": "url=http://10.0.0.5:8000,zone=eu-1",
     }
     assert set(values) == set(ElectionConfig.model_fields)
     argv = [
@@ -86,6 +87,7 @@ def test_every_environment_variable_is_read() -> None:
         "renew_deadline": "3s",
         "instance_id": "worker-1",
         "hostname": "host-a",
+        "metadata": "url=http://10.0.0.5:8000,zone=eu-1",
     }
     assert set(values) == set(ElectionConfig.ENV_NAMES)
     environ = {ElectionConfig.ENV_NAMES[field]: value for field, value in values.items()}

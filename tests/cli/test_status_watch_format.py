@@ -88,6 +88,7 @@ def test_status_json() -> None:
             "fencing_token": 1795711865794002,
             "started_at": "2026-11-26T16:58:57.345Z",
             "last_heartbeat": "2026-11-26T17:01:01.945Z",
+            "metadata": {},
             "leader_for_seconds": 125.0,
             "heartbeat_age_seconds": 0.4,
             "lease_left_seconds": 2.633,
@@ -130,6 +131,7 @@ def test_watch_json_lines() -> None:
             "fencing_token": 100,
             "started_at": "2026-11-26T16:58:57.345Z",
             "last_heartbeat": "2026-11-26T17:01:01.945Z",
+            "metadata": {},
         },
     }
     first = change_json(LeaderChange(a, None, AT, initial=True), "billing")

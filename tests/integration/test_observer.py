@@ -234,3 +234,36 @@ async def test_step_down_request_makes_the_leader_resign(shared_redis: Any, name
             assert (await observer.current()) is not None
             assert (await observer.current()).instance_id == follower.instance_id  # type: ignore[union-attr]
             assert leader.statistics().state in ("follower", "held_back")  # still a candidate
+
+
+async def test_metadata_reaches_followers_observers_and_the_release_message(
+    shared_redis: Any, name: str
+) -> None:
+    # A value that looks like the token field must not fool the release script's token lookup.
+    metadata = {"url": "http://10.0.0.5:8000", "note": '"fencing_token":7, {}'}
+    leader_config = fast_config(name, metadata=metadata)
+    async with LeaderObserver(shared_redis.url, fast_config(name)) as observer:
+        recorder = Recorder(observer.changes())
+        try:
+            async with (
+                LeaderElection(shared_redis.url, leader_config) as leader,
+                LeaderElection(shared_redis.url, fast_config(name)) as follower,
+            ):
+                assert leader.is_leader
+                token = leader.fencing_token
+                info = await follower.get_leader_info()
+                assert info is not None
+                assert info.metadata == metadata
+                await recorder.wait_for(token)
+                announced = recorder.changes[-1].leader
+                assert announced is not None
+                assert announced.metadata == metadata
+                await leader.stop()
+                await follower.wait_until_leader(timeout=5)
+                await recorder.wait_for(follower.fencing_token)
+            ended = [c for c in recorder.changes if c.leader is None and c.previous is not None]
+            assert ended[0].previous is not None
+            assert ended[0].previous.fencing_token == token  # "R <token>" read the real token
+            assert ended[0].previous.metadata == metadata
+        finally:
+            await recorder.close()

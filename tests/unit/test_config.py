@@ -122,6 +122,7 @@ def test_from_env_reads_every_documented_variable() -> None:
         "LEADER_ELECTION_HOSTNAME": "server-01",
         "LEADER_ELECTION_NAME": "billing",
         "LEADER_ELECTION_KEY_PREFIX": "maplefile",
+        "LEADER_ELECTION_METADATA": "url=http://10.0.0.5:8000, zone=eu-1",
         "UNRELATED": "x",
     }
     c = ElectionConfig.from_env(env)
@@ -131,6 +132,7 @@ def test_from_env_reads_every_documented_variable() -> None:
     assert c.renew_deadline == timedelta(seconds=20)
     assert (c.instance_id, c.hostname, c.name) == ("instance-1", "server-01", "billing")
     assert c.lock_key == "maplefile:{billing}:lock"
+    assert c.metadata == {"url": "http://10.0.0.5:8000", "zone": "eu-1"}
     assert set(ElectionConfig.ENV_NAMES.values()) == set(env) - {"UNRELATED"}
 
 
@@ -146,3 +148,41 @@ def test_from_env_error_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("LEADER_ELECTION_LOCK_TTL", "ten seconds")
     with pytest.raises(ConfigurationError, match="LEADER_ELECTION_LOCK_TTL"):
         ElectionConfig.from_env()
+
+
+def test_metadata_takes_a_mapping_json_or_pairs_and_is_read_only() -> None:
+    as_mapping = ElectionConfig(metadata={"url": "http://a:8000", "zone": "eu-1"})
+    as_json = ElectionConfig(metadata='{"url": "http://a:8000", "zone": "eu-1"}')
+    as_pairs = ElectionConfig(metadata="url=http://a:8000,zone=eu-1")
+    assert as_mapping.metadata == as_json.metadata == as_pairs.metadata
+    assert as_mapping.metadata["url"] == "http://a:8000"
+    assert ElectionConfig().metadata == {}
+    assert ElectionConfig(metadata="url=a=b").metadata == {"url": "a=b"}  # first '=' splits
+    with pytest.raises(TypeError, match="read-only"):
+        as_mapping.metadata["url"] = "http://b"
+    with pytest.raises(TypeError, match="read-only"):
+        as_mapping.metadata.update(url="http://b")
+    assert as_mapping.metadata == {"url": "http://a:8000", "zone": "eu-1"}
+    assert hash(as_mapping) == hash(as_pairs)  # a frozen config stays hashable
+    assert as_mapping.model_dump()["metadata"] == {"url": "http://a:8000", "zone": "eu-1"}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ("url", "key=value pairs"),
+        ("{not json", "not a valid JSON object"),
+        ('["a"]', "must be an object"),
+        ({"bad key": "x"}, "key 'bad key' is not allowed"),
+        ({"": "x"}, "key '' is not allowed"),
+        ({"n": 1}, "must be a string"),
+        ({"big": "x" * 1025}, "at most 1024"),
+        ({f"k{i}": "v" for i in range(33)}, "at most 32"),
+        ({f"k{i}": "v" * 1000 for i in range(5)}, "at most 4096"),
+        (42, "mapping of strings"),
+    ],
+)
+def test_bad_metadata_names_the_field_and_the_fix(metadata: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match="metadata") as info:
+        ElectionConfig(metadata=metadata)
+    assert message in str(info.value)
