@@ -30,6 +30,7 @@ from ._exceptions import (
     WrongKeyTypeError,
 )
 from ._info import LeaderInfo
+from ._leader_only import leader_only
 from ._observer import LeaderChange, LeaderObserver
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "StoreReadOnlyError",
     "StoreUnavailableError",
     "WrongKeyTypeError",
+    "leader_only",
     "parse_duration",
 ]
 

@@ -45,7 +45,7 @@ def parse_metadata(value: object) -> dict[str, str]:
     32 entries and 4 KB of JSON in all, because the record is rewritten on every heartbeat.
 
     Raises:
-        ValueError: the value cannot be read, or breaks one of those limits (the message says which).
+        ValueError: the value cannot be read or breaks a limit; the message says which.
     """
     if isinstance(value, Mapping):
         items = dict(value)
@@ -82,7 +82,9 @@ def parse_metadata(value: object) -> dict[str, str]:
                 f"metadata key {key!r} is not allowed: use 1 to 64 characters of A-Z a-z 0-9 _ . -"
             )
         if not isinstance(val, str):
-            raise ValueError(f"metadata value of {key!r} must be a string, got {type(val).__name__}")
+            raise ValueError(
+                f"metadata value of {key!r} must be a string, got {type(val).__name__}"
+            )
         if len(val) > _METADATA_MAX_VALUE:
             raise ValueError(
                 f"metadata value of {key!r} has {len(val)} characters; at most "
