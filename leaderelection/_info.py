@@ -36,6 +36,15 @@ class FrozenMetadata(dict[str, str]):
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(frozenset(self.items()))
 
+    def __reduce__(self) -> tuple[type[FrozenMetadata], tuple[dict[str, str]]]:
+        return (FrozenMetadata, (dict(self),))  # pickle and copy rebuild it whole
+
+    def __copy__(self) -> FrozenMetadata:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> FrozenMetadata:
+        return self  # read-only strings: nothing to copy
+
 
 def parse_metadata(value: object) -> dict[str, str]:
     """Read metadata from a mapping, a JSON object, or ``"key=value,key=value"`` text.
@@ -102,6 +111,10 @@ def parse_metadata(value: object) -> dict[str, str]:
 Metadata = Annotated[
     dict[str, str], BeforeValidator(parse_metadata), AfterValidator(FrozenMetadata)
 ]
+"""Metadata as configured: read from any of the forms, checked against the limits."""
+
+StoredMetadata = Annotated[dict[str, str], AfterValidator(FrozenMetadata)]
+"""Metadata as read from a record: any string pairs (another version may allow more)."""
 
 
 class LeaderInfo(BaseModel):
@@ -132,7 +145,7 @@ class LeaderInfo(BaseModel):
     last_heartbeat: AwareDatetime
     fencing_token: int = Field(ge=0)
     election: str
-    metadata: Metadata = Field(default_factory=FrozenMetadata)
+    metadata: StoredMetadata = Field(default_factory=FrozenMetadata)
 
     def heartbeat_age(self, now: datetime) -> float:
         """Seconds between ``last_heartbeat`` and ``now`` (an aware datetime)."""

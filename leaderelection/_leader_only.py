@@ -117,11 +117,12 @@ def leader_only(
     def token_now(func: Callable[..., Any]) -> int | None:
         token = election.fencing_token if election.is_leader else None
         if token is None:
-            logger.debug("Skipped %s: not the leader", func.__qualname__)
+            name = getattr(func, "__qualname__", None) or repr(func)  # partials, instances
+            logger.debug("Skipped %s: not the leader", name)
         return token
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.iscoroutinefunction(func):
+        if _is_coroutine_function(func):
             coroutine_function: Callable[..., Awaitable[Any]] = func
 
             @functools.wraps(func)
@@ -147,3 +148,13 @@ def leader_only(
         return run
 
     return decorate
+
+
+def _is_coroutine_function(func: Callable[..., Any]) -> bool:
+    """True for ``async def`` functions, partials of them, and objects with ``async __call__``."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - the method itself is what is checked
+    return not inspect.isfunction(func) and inspect.iscoroutinefunction(call)

@@ -619,13 +619,14 @@ async def _close_pubsub(pubsub: Any) -> None:
 
 def client_from_url(url: str, call_timeout: float) -> Any:
     """A ``redis.asyncio.Redis`` for ``url`` whose connects are bounded by ``call_timeout``."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": max(call_timeout, 0.1),
+        "health_check_interval": 0,
+    }
+    if not url.lower().startswith("unix:"):
+        options["socket_keepalive"] = True  # TCP only: a Unix socket connection refuses it
     try:
-        return redis.asyncio.Redis.from_url(
-            url,
-            socket_connect_timeout=max(call_timeout, 0.1),
-            socket_keepalive=True,
-            health_check_interval=0,
-        )
+        return redis.asyncio.Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(
             f"cannot use Redis URL {_redact(url)!r}: {exc}. Expected redis://[[user]:password@]"

@@ -365,9 +365,10 @@ async def _not_leader(election: LeaderElection) -> HTTPException:
 
 
 def _leader_url(info: LeaderInfo) -> str | None:
-    """The URL the leader advertises, if it is fit for a header (no control characters)."""
+    """The URL the leader advertises, if it is fit for a header: printable ASCII (HTTP headers
+    are latin-1, and a control character could split the header)."""
     url = info.metadata.get(LEADER_URL_KEY)
-    return url if url and url.isprintable() else None
+    return url if url and url.isascii() and url.isprintable() else None
 
 
 async def _read_leader(election: LeaderElection) -> LeaderInfo | None:
@@ -463,7 +464,15 @@ def leader_router(
 
     Returns:
         A new ``APIRouter``.
+
+    Raises:
+        ConfigurationError: ``prefix`` does not start with ``/``, or ends with one.
     """
+    if not prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigurationError(
+            f"leader_router prefix must start with '/' and not end with one, got {prefix!r} "
+            "(for example '/leader' or '/internal/election')"
+        )
     router = APIRouter(prefix=prefix, tags=list(tags))
 
     @router.get(

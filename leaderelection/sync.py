@@ -925,9 +925,11 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-# Every election, and those between start() and the end of stop(), for the exit and fork hooks.
+# Every election (for the fork hook), and those between start() and the end of stop() (for the
+# exit and fork hooks). _live holds strong references: an election that nobody refers to any
+# more still runs on its thread, so the exit hook must still find it, stop it and release.
 _elections: weakref.WeakSet[LeaderElection] = weakref.WeakSet()
-_live: weakref.WeakSet[LeaderElection] = weakref.WeakSet()
+_live: set[LeaderElection] = set()
 
 
 def _stop_live_elections() -> None:

@@ -425,6 +425,24 @@ async def test_an_advertised_url_unfit_for_a_header_is_not_passed_on(
     assert detail["leader"]["metadata"] == {"url": bad}  # the record itself, as stored
 
 
+async def test_a_non_ascii_advertised_url_is_not_put_in_a_header(
+    factory: Callable[..., Factory],
+) -> None:
+    url = "http://h\u00e9te.example:8000/\u20ac"  # HTTP headers are latin-1: not sent as one
+    leaders, followers = factory(url=url), factory()
+    async with running(make_app(leaders)), running(make_app(followers)) as b:
+        response = await b.post("/work")
+    assert response.status_code == 503
+    assert "x-leader-url" not in response.headers
+    assert response.json()["detail"]["leader"]["metadata"] == {"url": url}
+
+
+@pytest.mark.parametrize("prefix", ["", "leader", "/leader/"])
+def test_a_bad_prefix_is_refused_with_the_fix(prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match="must start with '/' and not end with one"):
+        leader_router(prefix=prefix)
+
+
 async def test_the_openapi_schema_documents_the_endpoints(factory: Callable[..., Factory]) -> None:
     async with running(make_app(factory())) as client:
         schema = (await client.get("/openapi.json")).json()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -38,6 +41,24 @@ async def test_election_and_handoff_over_urls(shared_redis: Any, name: str) -> N
             await b.wait_until_leader(timeout=2.0)  # a 5 s lease: only the release is this fast
             assert b.fencing_token is not None
             assert b.fencing_token > token
+
+
+async def test_a_unix_socket_url_works(make_redis_server: Any, name: str) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="le-sock-"))  # short: socket paths are limited
+    socket_path = directory / "redis.sock"
+    try:
+        server = make_redis_server(
+            extra_args=("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+        )
+        server.wait_uptime_above(3, timeout=10)  # restart protection for a 1 s lease
+        config = fast_config(name)
+        async with LeaderElection(f"unix://{socket_path}", config) as election:
+            assert election.is_leader
+            info = await election.get_leader_info()
+            assert info is not None
+            assert info.fencing_token == election.fencing_token
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_url_client_is_closed_and_caller_client_is_not(shared_redis: Any, name: str) -> None:

@@ -285,9 +285,11 @@ def test_threads_read_and_wait_while_leadership_moves_between_three_elections(
     done = threading.Event()
     overlaps: list[list[bool]] = []
     seen_leading: set[int] = set()
+    samples = [0, 0]
 
-    def sample() -> None:
+    def sample(sampler: int) -> None:
         while not done.is_set():
+            samples[sampler] += 1
             started = time.monotonic()
             first = [e.is_leader for e in elections]
             second = [e.is_leader for e in elections]
@@ -307,7 +309,7 @@ def test_threads_read_and_wait_while_leadership_moves_between_three_elections(
         election.wait_until_leader(timeout=30)
         results[waiter] = (before, election.is_leader, election.fencing_token)
 
-    samplers = [Worker(sample, name=f"sampler-{n}") for n in range(2)]
+    samplers = [Worker(sample, n, name=f"sampler-{n}") for n in range(2)]
     waiters = {n: Worker(wait, n, name=f"waiter-{n}") for n in range(8)}
     for thread in [*samplers, *waiters.values()]:
         thread.start()
@@ -344,6 +346,11 @@ def test_threads_read_and_wait_while_leadership_moves_between_three_elections(
         assert token is not None
     tokens = [results[n][2] for n in sorted(results, key=lambda n: led.index(n % 3))]
     assert tokens == sorted(tokens)  # fencing tokens grew with every hand-over
+    print(  # shown with pytest -s
+        f"\nsync threads: leaders in order {led}; 8 waiters returned, each while its election "
+        f"led, with tokens {sorted(set(tokens))}; {sum(samples)} samples of all three is_leader "
+        f"by 2 threads, {len(overlaps)} with two leaders"
+    )
 
 
 @pytest.mark.redis
@@ -380,6 +387,10 @@ def test_waits_time_out_with_the_builtin_error_and_end_when_the_election_stops(
     with shared_redis.sync_client() as admin:
         assert any(c["name"] == client_name for c in admin.client_list())
         waiting.wait(5)
+        # Stop only once all three are blocked on the loop (an asyncio.Event keeps a future per
+        # waiter), so that they are woken by the stop, not refused before they waited.
+        leader_event = follower.async_election.leader_event
+        eventually(lambda: len(leader_event._waiters) >= 3)
         follower.stop()
         for waiter in waiters:
             waiter.finish()
@@ -582,6 +593,7 @@ def test_resign_from_while_leader_returns_at_once_and_hands_over(
     shared_redis: RedisServer, config: ElectionConfig, make_election: MakeElection
 ) -> None:
     resigned = threading.Event()
+    follower_started = threading.Event()
     leader = make_election(shared_redis.url, config)
 
     @leader.while_leader
@@ -589,6 +601,9 @@ def test_resign_from_while_leader_returns_at_once_and_hands_over(
         if resigned.is_set():
             term_over.wait(30)
             return
+        # With the follower campaigning, the resign hands over to it (else this election could
+        # lead again once its hold-back ended, before a slow follower's start()).
+        assert follower_started.wait(10)
         # Returns once this function is told to finish, without waiting for it to return;
         # the term ends, and the lock is released, once it returned.
         leader.resign()
@@ -598,6 +613,7 @@ def test_resign_from_while_leader_returns_at_once_and_hands_over(
     leader.start()
     follower = make_election(shared_redis.url, config)
     follower.start()
+    follower_started.set()
     assert resigned.wait(5)
     follower.wait_until_leader(timeout=1.0)
     assert not leader.is_leader
@@ -657,27 +673,40 @@ def test_an_election_never_stopped_is_released_at_exit(
 ) -> None:
     lease = {"lock_ttl": "5s", "heartbeat_interval": "1s", "retry_interval": "200ms"}
     code = """
-        import sys
+        import gc, sys
         from leaderelection import ElectionConfig
         from leaderelection.sync import LeaderElection
 
-        config = ElectionConfig(name=sys.argv[2], lock_ttl="5s", heartbeat_interval="1s")
-        election = LeaderElection(sys.argv[1], config)
-        election.on_lose_leadership(lambda: print("lose ran", flush=True))
-        election.start()
-        print("leading" if election.is_leader else "following", flush=True)
+        def start_and_forget():
+            config = ElectionConfig(name=sys.argv[2], lock_ttl="5s", heartbeat_interval="1s")
+            election = LeaderElection(sys.argv[1], config)
+            election.on_lose_leadership(lambda: print("lose ran", flush=True))
+            election.start()
+            print("leading" if election.is_leader else "following", flush=True)
+
+        def start_and_forget_without_callbacks():
+            config = ElectionConfig(name=sys.argv[3], lock_ttl="5s", heartbeat_interval="1s")
+            election = LeaderElection(sys.argv[1], config)
+            election.start()
+            print("leading" if election.is_leader else "following", flush=True)
+
+        start_and_forget()  # no reference to the elections is left
+        start_and_forget_without_callbacks()  # nothing of it reachable from its loop either
+        gc.collect()
         # the program ends without stop()
     """
     started = time.monotonic()
-    child = run_python(code, shared_redis.url, name)
+    other = f"{name}-b"
+    child = run_python(code, shared_redis.url, name, other)
     assert child.returncode == 0, child.stderr
-    assert child.stdout.split() == ["leading", "lose", "ran"]
+    assert child.stdout.split() == ["leading", "leading", "lose", "ran"]
     assert time.monotonic() - started < 20
-    # Released, not left to expire (it was renewed within the last second of a 5 s lease):
+    # Released, not left to expire (they were renewed within the last second of a 5 s lease):
     # a new candidate leads on its first attempt.
-    successor = make_election(shared_redis.url, ElectionConfig(name=name, **lease))
-    successor.start()
-    assert successor.is_leader
+    for election_name in (name, other):
+        successor = make_election(shared_redis.url, ElectionConfig(name=election_name, **lease))
+        successor.start()
+        assert successor.is_leader
 
 
 @pytest.mark.redis

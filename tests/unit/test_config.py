@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from datetime import timedelta
 
 import pytest
 from redis.crc import key_slot
 
-from leaderelection import ConfigurationError, ElectionConfig, LeaderElectionError, parse_duration
+from leaderelection import (
+    ConfigurationError,
+    ElectionConfig,
+    LeaderElectionError,
+    LeaderInfo,
+    parse_duration,
+)
 
 
 def test_seed_defaults() -> None:
@@ -186,3 +194,36 @@ def test_bad_metadata_names_the_field_and_the_fix(metadata: object, message: str
     with pytest.raises(ConfigurationError, match="metadata") as info:
         ElectionConfig(metadata=metadata)
     assert message in str(info.value)
+
+
+def test_a_config_with_metadata_pickles_and_copies() -> None:
+    config = ElectionConfig(name="billing", metadata={"url": "http://a:8000"})
+    for copied in (
+        pickle.loads(pickle.dumps(config)),
+        copy.deepcopy(config),
+        copy.copy(config),
+        config.model_copy(deep=True),
+    ):
+        assert copied == config
+        assert copied.metadata == {"url": "http://a:8000"}
+        with pytest.raises(TypeError, match="read-only"):
+            copied.metadata["url"] = "x"
+
+
+def test_a_stored_record_is_read_without_the_configuration_limits() -> None:
+    # A record written by another version, with more entries than this one lets you configure.
+    record = {
+        "instance_id": "a",
+        "hostname": "h",
+        "pid": 1,
+        "started_at": "2026-12-03T00:00:00+00:00",
+        "last_heartbeat": "2026-12-03T00:00:01+00:00",
+        "election": "billing",
+        "fencing_token": 5,
+        "metadata": {f"key {i}": "v" * 2000 for i in range(40)},
+    }
+    info = LeaderInfo.model_validate(record)
+    assert len(info.metadata) == 40
+    assert LeaderInfo.model_validate({**record, "metadata": {}}).metadata == {}
+    del record["metadata"]
+    assert LeaderInfo.model_validate(record).metadata == {}  # records from before metadata

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from typing import Any
@@ -113,3 +114,29 @@ async def test_with_a_real_election() -> None:
             assert await job() is None
     finally:
         await client.aclose()
+
+
+async def test_partials_and_callable_objects_are_skipped_the_same_way() -> None:
+    election = Switch()
+
+    class AsyncJob:
+        async def __call__(self, x: int) -> int:
+            return x + 1
+
+    class SyncJob:
+        def __call__(self, x: int) -> int:
+            return x - 1
+
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    skip_async = leader_only(election, default=-1)(AsyncJob())
+    skip_sync = leader_only(election, default=-1)(SyncJob())
+    skip_partial = leader_only(election, default=-1)(functools.partial(add, 10))
+    assert await skip_async(1) == -1  # awaitable even when skipped
+    assert skip_sync(1) == -1
+    assert await skip_partial(1) == -1
+    election.lead(3)
+    assert await skip_async(1) == 2
+    assert skip_sync(1) == 0
+    assert await skip_partial(1) == 11
