@@ -38,7 +38,7 @@ candidate; exactly one worker across all hosts leads::
 The pieces:
 
 - :func:`election_lifespan` starts the election when the app starts (the app's own lifespan runs
-  inside it) and stops it, releasing leadership, when the app shuts down.
+  inside it) and stops it, releasing leadership, when the server is told to shut down.
 - :func:`get_election` / :data:`ElectionDep` hand the running election to a path operation.
 - :func:`require_leader` / :data:`LeaderToken` let only the leader run a path operation, and give
   it the term's fencing token.
@@ -48,11 +48,15 @@ The pieces:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
+import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import FrameType
 from typing import Annotated, Any, Final, Literal, TypeAlias, cast
 
 from pydantic import BaseModel, Field
@@ -121,6 +125,7 @@ def election_lifespan(
     *,
     lifespan: _AppLifespan | None = None,
     state_key: str = DEFAULT_STATE_KEY,
+    leave_on_signal: bool = True,
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]:
     """Make a FastAPI lifespan that runs ``election`` for as long as the app runs.
 
@@ -128,10 +133,11 @@ def election_lifespan(
     (``async with``: it returns once the first acquisition attempt has finished, so
     ``is_leader`` is meaningful by the time the app serves), puts it on ``app.state``, then
     enters the app's own ``lifespan`` inside it, and yields the lifespan state
-    ``{state_key: election, **the app's lifespan state}``. On shutdown the app's lifespan exits
-    first, then the election stops, releasing leadership so that a candidate in another worker
-    takes over within milliseconds. If anything in startup fails, the election is stopped before
-    the error propagates.
+    ``{state_key: election, **the app's lifespan state}``. The election stops, releasing
+    leadership so that a candidate in another worker takes over within milliseconds, as soon as
+    the server gets SIGTERM or SIGINT (``leave_on_signal``), else when the app's lifespan has
+    exited at shutdown. If anything in startup fails, the election is stopped before the error
+    propagates.
 
     Args:
         election: A :class:`LeaderElection`, or a zero-argument callable returning a new one
@@ -144,6 +150,13 @@ def election_lifespan(
             lifespan state.
         state_key: The name of the election in the lifespan state (``request.state``) and on
             ``app.state``; :func:`get_election` finds it there.
+        leave_on_signal: Stop the election as soon as the server is told to shut down (SIGTERM
+            or SIGINT), rather than after open requests have drained. Without it, when a whole
+            host stops, the leader's release can hand leadership to a worker of the same host
+            that is itself shutting down, and so on through that host's workers. It chains in
+            front of the server's own handler (uvicorn's, gunicorn's), which still runs; it
+            is installed only in the main thread, and only where such a handler is in place,
+            and removed at shutdown.
 
     Returns:
         The lifespan: a callable taking the app and returning an async context manager that
@@ -170,6 +183,7 @@ def election_lifespan(
         async with current:
             setattr(app.state, _STATE_KEY_ATTR, state_key)
             setattr(app.state, state_key, current)
+            restore = _leave_on_shutdown_signal(current) if leave_on_signal else _nothing
             try:
                 if app_lifespan is None:
                     yield {state_key: current}
@@ -177,10 +191,58 @@ def election_lifespan(
                     async with app_lifespan(app) as app_state:
                         yield _merge_state(state_key, current, app_state)
             finally:
+                restore()
                 if getattr(app.state, state_key, None) is current:
                     delattr(app.state, state_key)
 
     return run_election
+
+
+_SHUTDOWN_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+_stopping: set[asyncio.Task[None]] = set()  # stops begun by a signal, referenced until done
+
+
+def _nothing() -> None:
+    return None
+
+
+def _leave_on_shutdown_signal(election: LeaderElection) -> Callable[[], None]:
+    """Chain a handler in front of the server's SIGTERM / SIGINT handlers that starts stopping
+    ``election`` at once; return the function that puts the server's handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return _nothing  # signal handlers can only be set from the main thread
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Callable[[int, FrameType | None], Any]] = {}
+
+    def begin_stop() -> None:
+        if election.statistics().state in ("stopping", "stopped"):
+            return
+        logger.info(
+            "Shutdown signal received: leaving the election now",
+            extra={"election": election.config.name, "instance_id": election.instance_id},
+        )
+        task = loop.create_task(election.stop())
+        _stopping.add(task)
+        task.add_done_callback(_stopping.discard)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(begin_stop)
+        previous[signum](signum, frame)
+
+    for signum in _SHUTDOWN_SIGNALS:
+        current = signal.getsignal(signum)
+        # Only a server's own handler: not the default (SIG_DFL, SIG_IGN, or Python's SIGINT
+        # handler that raises KeyboardInterrupt), where no graceful shutdown would follow.
+        if callable(current) and current is not signal.default_int_handler:
+            previous[signum] = current
+            signal.signal(signum, handler)
+
+    def restore() -> None:
+        for signum, server_handler in previous.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, server_handler)
+
+    return restore
 
 
 def _resolve(election: _ElectionSource) -> LeaderElection:

@@ -387,6 +387,11 @@ def _check_runs(runs: list[Run], failover: Failover) -> None:
             instances = {run.instance for run in in_second}
             assert len(instances) == 1, f"second {second}: {instances}"
 
+    # After the stop signals: no term hopped to a worker that was shutting down too, since each
+    # worker leaves the election at the signal (election_lifespan's leave_on_signal).
+    after_stop = {run.instance for run in runs if run.at >= failover.stopped_at}
+    assert after_stop <= {failover.new}, f"terms after the stop signals: {after_stop}"
+
 
 def _by_second(runs: list[Run], failover: Failover) -> dict[int, list[Run]]:
     """The runs per one-second bucket of time.time(), every second from the first run on."""
@@ -426,10 +431,6 @@ def _describe(
             notes.append("shutting down")
         if failover.in_window(second) and not notes:
             notes.append("failover: no leader")
-        if len(instances) > 1 and second >= stop_second:
-            # The leader releases as it stops, and a worker that is stopping too may take over
-            # (and run the job) until its own shutdown: a legitimate handoff.
-            notes.append("handed over between stopping workers")
         who = ", ".join(instances) or "-"
         rows.append(f"| +{second - origin} | {who} | {len(in_second)} | {'; '.join(notes)} |")
 

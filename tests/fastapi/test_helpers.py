@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import os
+import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -42,6 +44,7 @@ from leaderelection.fastapi import (
     leader_router,
 )
 from tests.redis_harness import free_port
+from tests.waiting import eventually
 
 TIMINGS = {"lock_ttl": "2s", "heartbeat_interval": "500ms", "retry_interval": "200ms"}
 URL_A = "http://10.0.0.5:8000"
@@ -665,3 +668,66 @@ async def test_two_apps_on_real_redis_agree_and_hand_over(shared_redis: Any, nam
         assert now["leader_info"]["metadata"] == {"url": follower_url}
         accepted = await clients[follower_url].post("/work")
         assert accepted.json() == {"fencing_token": follower.fencing_token}
+
+
+# ------------------------------------------------------------------------- shutdown signals
+
+
+@pytest.fixture
+def server_handler() -> Iterator[list[int]]:
+    """A stand-in for the ASGI server's SIGTERM handler (uvicorn installs one); records calls."""
+    received: list[int] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    before = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+async def test_a_shutdown_signal_leaves_the_election_before_the_drain(
+    factory: Callable[..., Factory], server_handler: list[int]
+) -> None:
+    server_handle = signal.getsignal(signal.SIGTERM)
+    leaders, followers = factory(), factory()
+    async with running(make_app(leaders)) as a, running(make_app(followers)):
+        assert leaders.last.is_leader
+        assert signal.getsignal(signal.SIGTERM) is not server_handle  # chained in front
+        os.kill(os.getpid(), signal.SIGTERM)
+        # Both apps still serve (the server has not shut them down), yet the signal alone made
+        # their elections leave: neither is left to take over the other's release.
+        await eventually(lambda: leaders.last.statistics().state == "stopped")
+        await eventually(lambda: followers.last.statistics().state == "stopped")
+        assert not followers.last.is_leader
+        assert server_handler == [signal.SIGTERM]  # the server's own handler still ran
+        ready = await a.get("/leader/ready")
+        assert ready.status_code == 503  # a load balancer stops sending work here
+    assert signal.getsignal(signal.SIGTERM) is server_handle  # put back at shutdown
+
+
+async def test_leave_on_signal_false_and_default_handlers_are_left_alone(
+    factory: Callable[..., Factory],
+) -> None:
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    before_term = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        async with running(make_app(factory())):
+            # No server handler to chain to: nothing is installed (Ctrl-C still interrupts).
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, before_int)
+        signal.signal(signal.SIGTERM, before_term)
+
+    def handle(signum: int, frame: Any) -> None:
+        raise AssertionError("not sent")
+
+    before = signal.signal(signal.SIGTERM, handle)
+    try:
+        async with running(make_app(factory(), leave_on_signal=False)):
+            assert signal.getsignal(signal.SIGTERM) is handle
+    finally:
+        signal.signal(signal.SIGTERM, before)
