@@ -46,7 +46,15 @@ from ._exceptions import (
 )
 from ._info import LeaderInfo
 from ._observer import LeaderChange, watch_changes
-from ._store import Acquired, Held, RedisStore, ReleaseHub, client_from_url, redis_argument
+from ._store import (
+    Acquired,
+    Held,
+    RedisStore,
+    ReleaseHub,
+    client_from_url,
+    close_client,
+    redis_argument,
+)
 
 __all__ = ["ElectionStatistics", "LeaderElection"]
 
@@ -547,9 +555,8 @@ class LeaderElection:
     async def _close_client(self) -> None:
         if self._owns_client and self._client is not None:
             client, self._client, self._store = self._client, None, None
-            closer = getattr(client, "aclose", None) or client.close
             with contextlib.suppress(Exception):
-                await closer()
+                await close_client(client)
 
     async def _run(self, store: RedisStore) -> None:
         try:

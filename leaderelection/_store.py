@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -604,7 +605,7 @@ class ReleaseHub:
                         conn.retry = retry  # the connection goes back to the client's pool
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(1.0):
-                            await asyncio.shield(_close_pubsub(pubsub))
+                            await asyncio.shield(close_client(pubsub))
                 reconnect = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0 if warned else 2.0)
@@ -612,9 +613,14 @@ class ReleaseHub:
             pass
 
 
-async def _close_pubsub(pubsub: Any) -> None:
-    closer = getattr(pubsub, "aclose", None) or pubsub.close
-    await closer()
+async def close_client(client: Any) -> None:
+    """Close a redis-py asyncio client or pub/sub: ``aclose()`` where redis-py has it (5.0.1+),
+    else ``close()``; nothing for an object with neither."""
+    closer = getattr(client, "aclose", None) or getattr(client, "close", None)
+    if closer is not None:
+        result = closer()
+        if inspect.isawaitable(result):
+            await result
 
 
 def client_from_url(url: str, call_timeout: float) -> Any:

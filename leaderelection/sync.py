@@ -79,6 +79,7 @@ from ._config import ElectionConfig
 from ._election import ElectionStatistics
 from ._exceptions import ConfigurationError, ElectionNotRunningError, LeaderElectionError
 from ._info import LeaderInfo
+from ._store import close_client
 
 __all__ = ["LeaderElection", "RedisFactory"]
 
@@ -838,12 +839,9 @@ class LeaderElection:
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None
-        closer = getattr(client, "aclose", None) or getattr(client, "close", None)
-        if closer is not None:
+        if client is not None:
             with contextlib.suppress(Exception):
-                result = closer()
-                if inspect.isawaitable(result):
-                    await result
+                await close_client(client)
 
 
 def _adder(
