@@ -1,9 +1,13 @@
-"""Isolated, ordered callback dispatch.
+"""Isolated, ordered callbacks and the dispatcher that runs them.
 
 Callbacks run one at a time, in registration order, in the election's dispatcher task, never in
-the heartbeat's: a slow async callback delays other callbacks, not renewals. An exception from a
-callback is logged with its traceback and handed to the optional error handler; the remaining
-callbacks still run and the election goes on (aiojobs' exception-handler model).
+the task that renews the lease: a slow async callback delays other callbacks, not renewals. An
+exception from a callback is logged with its traceback and handed to the optional error handler;
+the remaining callbacks still run and the election goes on (aiojobs' exception-handler model).
+
+The dispatcher runs a term's lose callbacks only after its become callbacks finished and its
+``while_leader`` tasks ended. User code that does not finish when asked is waited for at most a
+grace period (one lease): the shutdown then logs it and goes on, so ``stop()`` stays bounded.
 """
 
 from __future__ import annotations
@@ -12,9 +16,14 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-__all__ = ["Callback", "CallbackList", "ErrorHandler", "LeaderTask"]
+from ._aio import Flag, being_cancelled, wait_bounded
+
+if TYPE_CHECKING:
+    from ._term import TermRun
+
+__all__ = ["Callback", "CallbackList", "Dispatcher", "ErrorHandler", "LeaderTask", "report"]
 
 logger = logging.getLogger("leaderelection")
 
@@ -26,7 +35,29 @@ LeaderTask = Callable[[], Awaitable[Any]]
 
 ErrorHandler = Callable[[BaseException, Mapping[str, Any]], Any]
 """Called as ``handler(exception, context)``; context has ``kind``, ``callback``, ``election``,
-``instance_id`` and ``fencing_token``."""
+``instance_id`` and ``fencing_token``. A plain function: it runs inside the election."""
+
+Kind = Literal["become", "lose"]
+_AFTER_CANCEL: Final = 0.1  # seconds given to user code to end once cancelled
+
+
+def check_error_handler(handler: ErrorHandler | None) -> None:
+    """Refuse an error handler that cannot be called as a plain function, at once.
+
+    Raises:
+        TypeError: ``handler`` is not callable, or is async (it would never be awaited).
+    """
+    if handler is None:
+        return
+    if not callable(handler):
+        raise TypeError(f"on_error must be callable, got {handler!r}")
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - an async __call__ is async too
+    ):
+        raise TypeError(
+            f"on_error must be a plain function, not async: {handler!r}. It is called inside "
+            "the election and never awaited; hand the work to a task of your own from it"
+        )
 
 
 class CallbackList:
@@ -54,8 +85,7 @@ class CallbackList:
             except Exception as exc:
                 report(exc, {**context, "kind": self.kind, "callback": callback}, on_error)
             except asyncio.CancelledError as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling() > 0:
+                if being_cancelled():
                     raise  # the dispatcher itself is being cancelled
                 # A stray CancelledError from awaiting something cancelled is the callback's own
                 # failure: report it and go on with the next callback.
@@ -75,12 +105,83 @@ def report(exc: BaseException, context: Mapping[str, Any], on_error: ErrorHandle
     if on_error is None:
         return
     try:
-        result = on_error(exc, context)
-        if inspect.isawaitable(result):
-            # An async handler is closed rather than awaited: reporting must not block dispatch.
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-            logger.error("The error handler must be a plain function, not async: %r", on_error)
+        on_error(exc, context)
     except Exception:
         logger.exception("The error handler %r raised", on_error)
+
+
+class Dispatcher:
+    """Runs the become and lose callbacks of each term, in order, in a task of its own.
+
+    The task starts with the first term and lives until :meth:`close`. ``context(kind, run)``
+    makes the error context of a term's callbacks.
+    """
+
+    __slots__ = ("_become", "_context", "_done", "_lose", "_on_error", "_queue", "_wake", "grace")
+
+    def __init__(
+        self,
+        become: CallbackList,
+        lose: CallbackList,
+        *,
+        context: Callable[[str, TermRun], Mapping[str, Any]],
+        on_error: ErrorHandler | None,
+        grace: float,
+    ) -> None:
+        self._become, self._lose = become, lose
+        self._context = context
+        self._on_error = on_error
+        self.grace = grace
+        self._queue: list[tuple[Kind, TermRun] | None] = []
+        self._wake = Flag()
+        self._done: asyncio.Task[None] | None = None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The dispatcher's task, once started."""
+        return self._done
+
+    def enqueue(self, kind: Kind, run: TermRun) -> None:
+        """Queue the ``kind`` callbacks of ``run``'s term; starts the task at the first."""
+        self._queue.append((kind, run))
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_task(
+                self._dispatch(), name="leaderelection-callbacks"
+            )
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Run what is queued, then end the task; bounded by the grace period.
+
+        A callback still running after it is cancelled and given a moment more; one that
+        swallows the cancellation is left to finish on its own, and logged.
+        """
+        task = self._done
+        if task is None:
+            return
+        self._queue.append(None)
+        self._wake.set()
+        if await wait_bounded(task, self.grace):
+            return
+        logger.warning(
+            "A callback did not finish within %.1fs of stop(); cancelling it", self.grace
+        )
+        task.cancel()
+        if not await wait_bounded(task, _AFTER_CANCEL):
+            logger.warning(
+                "A callback did not finish after it was cancelled; stop() goes on without it"
+            )
+
+    async def _dispatch(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            item = self._queue.pop(0)
+            if item is None:
+                return
+            kind, run = item
+            if kind == "lose":
+                await run.wait_tasks(self.grace)
+            callbacks = self._become if kind == "become" else self._lose
+            await callbacks.run(self._context(callbacks.kind, run), self._on_error)

@@ -1,79 +1,28 @@
-"""The clock an election sleeps through: monotonic time and waits that a wake-up event can cut.
+"""The clock an election reads and waits through: monotonic time, waits that an event can cut
+short, and call deadlines.
 
-The election never reads ``time`` or calls ``asyncio.sleep`` directly; it asks its clock, so tests
-can substitute a clock they advance by hand.
+The election never reads ``time``, calls ``asyncio.sleep`` or sets an ``asyncio.timeout`` of its
+own: it asks its clock, so that tests can substitute :class:`FakeClock`, which they move by hand,
+and an election test waits for no real time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import time
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
-__all__ = ["Clock", "Flag", "MonotonicClock", "Waitable"]
+from ._aio import Waitable
 
-
-class Waitable(Protocol):
-    """What a wait can be cut by: an ``asyncio.Event`` or a :class:`Flag`."""
-
-    def is_set(self) -> bool:
-        """Whether it is set."""
-        ...
-
-    async def wait(self) -> object:
-        """Wait until it is set."""
-        ...
-
-
-class Flag:
-    """An ``asyncio.Event`` that allocates nothing until someone waits on it.
-
-    An idle candidate holds several of these; asyncio's Event allocates a deque for its waiters
-    up front, which a thousand idle candidates in one process would pay for many times over.
-    """
-
-    __slots__ = ("_value", "_waiters")
-
-    def __init__(self) -> None:
-        self._value = False
-        self._waiters: list[asyncio.Future[None]] | None = None
-
-    def is_set(self) -> bool:
-        """Whether the flag is set."""
-        return self._value
-
-    def set(self) -> None:
-        """Set the flag and wake every waiter."""
-        if self._value:
-            return
-        self._value = True
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def clear(self) -> None:
-        """Clear the flag."""
-        self._value = False
-
-    async def wait(self) -> bool:
-        """Wait until the flag is set; return True."""
-        if self._value:
-            return True
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if self._waiters is not None and waiter in self._waiters:
-                self._waiters.remove(waiter)
-        return True
+__all__ = ["Clock", "FakeClock", "MonotonicClock"]
 
 
 class Clock(Protocol):
-    """Monotonic time in seconds, and a way to wait until a point of it."""
+    """Monotonic time in seconds, waits until a point of it, and deadlines for calls."""
 
     def now(self) -> float:
         """The current monotonic time in seconds."""
@@ -85,6 +34,10 @@ class Clock(Protocol):
         Returns:
             True when ``wake`` was set (or already set), False when the deadline came.
         """
+        ...
+
+    def timeout(self, delay: float) -> contextlib.AbstractAsyncContextManager[None]:
+        """An ``async with`` block that ``delay`` seconds from now raises ``TimeoutError``."""
         ...
 
 
@@ -113,3 +66,138 @@ class MonotonicClock:
         except TimeoutError:
             return False
         return True
+
+    def timeout(self, delay: float) -> contextlib.AbstractAsyncContextManager[None]:
+        """``asyncio.timeout(delay)``."""
+        return _asyncio_timeout(delay)
+
+
+@contextlib.asynccontextmanager
+async def _asyncio_timeout(delay: float) -> AsyncIterator[None]:
+    async with asyncio.timeout(max(delay, 0.0)):
+        yield
+
+
+class FakeClock:
+    """A clock that stands still until the test moves it (trio's ``MockClock``, for asyncio).
+
+    Waits and deadlines taken through it fire when :meth:`advance` (or :meth:`advance_until`)
+    passes their time, in order, and the tasks they wake run before time moves on. Nothing
+    waits for real time::
+
+        clock = FakeClock()
+        election = LeaderElection(MemoryStore(clock), config, clock=clock)
+        await election.start()
+        await clock.advance(config.lock_ttl.total_seconds())
+
+    Args:
+        start: The reading of :meth:`now` to begin with.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._timers: list[tuple[float, int, Callable[[], object]]] = []
+        self._seq = itertools.count()
+
+    def now(self) -> float:
+        """The current fake time in seconds."""
+        return self._now
+
+    async def wait_until(self, deadline: float, wake: Waitable | None = None) -> bool:
+        """Wait until the clock reaches ``deadline`` or until ``wake`` is set."""
+        if wake is not None and wake.is_set():
+            return True
+        if deadline <= self._now:
+            return False
+        fired: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def fire() -> None:
+            if not fired.done():
+                fired.set_result(None)
+
+        self.call_at(deadline, fire)
+        if wake is None:
+            await fired
+            return False
+        waker: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+        pending: list[asyncio.Future[Any]] = [fired, waker]
+        try:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+            fired.cancel()
+        return wake.is_set()
+
+    def timeout(self, delay: float) -> contextlib.AbstractAsyncContextManager[None]:
+        """A block that raises ``TimeoutError`` once the clock passed ``delay`` from now."""
+        return self._timeout(self._now + delay)
+
+    @contextlib.asynccontextmanager
+    async def _timeout(self, deadline: float) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        inside = True
+
+        def expire() -> None:
+            if inside and not scope.expired():
+                scope.reschedule(loop.time())  # expires on the loop's next turn
+
+        async with asyncio.timeout(None) as scope:
+            if deadline <= self._now:
+                scope.reschedule(loop.time())
+            else:
+                self.call_at(deadline, expire)
+            try:
+                yield
+            finally:
+                inside = False
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once the clock reaches ``when``."""
+        heapq.heappush(self._timers, (when, next(self._seq), callback))
+
+    def next_deadline(self) -> float | None:
+        """The earliest time a wait or deadline is set for, or None."""
+        return self._timers[0][0] if self._timers else None
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward, firing every timer due on the way in order and
+        letting the tasks they wake run before the clock moves on."""
+        if seconds < 0:
+            raise ValueError("a monotonic clock does not go back")
+        end = self._now + seconds
+        await settle()
+        while self._timers and self._timers[0][0] <= end:
+            when, _, callback = heapq.heappop(self._timers)
+            self._now = max(self._now, when)
+            callback()
+            await settle()
+        self._now = end
+        await settle()
+
+    async def advance_until(self, condition: Callable[[], object], *, limit: float) -> float:
+        """Jump from timer to timer until ``condition()`` holds; return the fake time it took.
+
+        Raises:
+            TimeoutError: ``condition()`` did not hold within ``limit`` fake seconds.
+        """
+        start = self._now
+        await settle()
+        while not condition():
+            due = self.next_deadline()
+            if due is None or due > start + limit:
+                raise TimeoutError(f"the condition did not hold within {limit} fake seconds")
+            await self.advance(max(due - self._now, 0.0))
+        return self._now - start
+
+
+async def settle(rounds: int = 200) -> None:
+    """Let every task that can run, run, until the event loop has nothing ready."""
+    loop = asyncio.get_running_loop()
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+        ready = getattr(loop, "_ready", None)
+        if ready is not None and not ready:
+            # Twice in a row: a task woken by the last one has had its turn too.
+            await asyncio.sleep(0)
+            if not getattr(loop, "_ready", ()):
+                return

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import re
+import secrets
 import socket
 from collections.abc import Mapping
 from datetime import timedelta
@@ -23,7 +24,7 @@ from redis.crc import key_slot
 from ._exceptions import ConfigurationError
 from ._info import FrozenMetadata, Metadata
 
-__all__ = ["ElectionConfig", "parse_duration"]
+__all__ = ["ElectionConfig", "config_argument", "new_instance_id", "parse_duration"]
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
@@ -277,3 +278,23 @@ def _describe(exc: ValidationError) -> str:
             msg = f"unknown field (valid fields: {', '.join(ElectionConfig.model_fields)})"
         parts.append(f"{loc}: {msg} (got {error.get('input')!r})" if loc != "config" else msg)
     return "invalid ElectionConfig: " + "; ".join(parts)
+
+
+def config_argument(config: object) -> ElectionConfig:
+    """The ``config`` argument of an election or observer: None means the defaults.
+
+    Raises:
+        ConfigurationError: ``config`` is not an ``ElectionConfig``.
+    """
+    if config is None:
+        return ElectionConfig()
+    if not isinstance(config, ElectionConfig):
+        raise ConfigurationError(f"config must be an ElectionConfig, got {type(config).__name__}")
+    return config
+
+
+def new_instance_id(config: ElectionConfig) -> str:
+    """The config's instance id, else a fresh ``hostname-pid-random`` for this process."""
+    if config.instance_id is not None:
+        return config.instance_id
+    return f"{config.hostname}-{os.getpid()}-{secrets.token_hex(4)}"

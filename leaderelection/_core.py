@@ -6,6 +6,10 @@ was sent and answered) and asks it what to do next (acquire at T, renew at T, st
 Every method takes ``now`` from one monotonic clock; the core never reads a clock itself, so tests
 drive it with plain numbers.
 
+The driver asks :meth:`ElectionCore.next_action` what to do next (acquire at T, renew at T, step
+down at T), does it, and reports the outcome; it keeps no state of its own about leading. The
+counters that :meth:`ElectionCore.statistics` reports are kept here too.
+
 The safety argument fits in three lines:
 
 * A term's lease in Redis starts no earlier than the moment the acquire (or renew) was *sent*, and
@@ -23,13 +27,20 @@ import enum
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
+    "Acquire",
+    "Action",
     "BecameLeader",
     "ElectionCore",
+    "ElectionStatistics",
     "LossReason",
     "LostLeadership",
     "Phase",
+    "Renew",
+    "StepDown",
+    "Stopped",
     "Term",
     "Timings",
     "Transition",
@@ -51,6 +62,7 @@ class LossReason(enum.Enum):
     LOCK_LOST = "lock_lost"  # the store says the lock is no longer ours
     RESIGNED = "resigned"  # resign() was called
     STOPPED = "stopped"  # stop() was called
+    ERROR = "error"  # the driver failed unexpectedly and starts over
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +78,22 @@ class Timings:
     def call_timeout(self) -> float:
         """Deadline of an acquire or read: it must leave a fresh lease usable when it answers."""
         return min(self.heartbeat_interval, self.renew_deadline - self.heartbeat_interval)
+
+    @property
+    def grace(self) -> float:
+        """How long a shutdown waits for user code (a ``while_leader`` task, a callback) that
+        does not finish when asked: one lease."""
+        return self.lock_ttl
+
+    @classmethod
+    def from_config(cls, config: Any) -> Timings:
+        """The timings of an ``ElectionConfig``."""
+        return cls(
+            lock_ttl=config.lock_ttl.total_seconds(),
+            heartbeat_interval=config.heartbeat_interval.total_seconds(),
+            retry_interval=config.retry_interval.total_seconds(),
+            renew_deadline=config.renew_deadline.total_seconds(),
+        )
 
     @property
     def lock_ttl_ms(self) -> int:
@@ -109,6 +137,80 @@ class LostLeadership:
 
 Transition = BecameLeader | LostLeadership
 
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Send an acquire at ``at`` (with deadline ``Timings.call_timeout``)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """Renew the term ``token`` at ``at``; its deadline is what is left of the local lease."""
+
+    at: float
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepDown:
+    """The local lease runs out at ``at``: call :meth:`ElectionCore.check` then."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """Nothing more to do: the election stopped."""
+
+    at: float = math.inf
+
+
+Action = Acquire | Renew | StepDown | Stopped
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionStatistics:
+    """An immutable snapshot of one election, from ``LeaderElection.statistics()``.
+
+    Attributes:
+        state: ``"new"``, ``"follower"``, ``"leader"``, ``"held_back"`` (restart protection or
+            after ``resign()``), ``"stopping"`` or ``"stopped"``.
+        instance_id: This candidate's id.
+        is_leader: Whether this instance leads now.
+        fencing_token: The current term's fencing token, or None.
+        terms_won: Terms this instance has won.
+        transitions: Leadership changes (each won or lost term counts once).
+        leader_id: The leader this candidate last saw in the store (itself while leading).
+        acquire_attempts: Acquire round trips sent.
+        renewals: Successful renewals.
+        renew_failures: Renewals that failed or timed out.
+        last_renew_latency: Round trip of the last successful renewal, seconds.
+        store_errors: Store calls that failed (acquire, renew, release).
+        restart_protection: True while elections are held back after a Redis restart.
+    """
+
+    state: str
+    instance_id: str
+    is_leader: bool
+    fencing_token: int | None
+    terms_won: int
+    transitions: int
+    leader_id: str | None
+    acquire_attempts: int
+    renewals: int
+    renew_failures: int
+    last_renew_latency: float | None
+    store_errors: int
+    restart_protection: bool
+
+    @classmethod
+    def initial(cls, instance_id: str, state: str = "new") -> ElectionStatistics:
+        """The snapshot of an election that has not campaigned (yet)."""
+        return cls(state, instance_id, False, None, 0, 0, None, 0, 0, 0, None, 0, False)
+
+
 # Seconds added to a holder's remaining lease before trying again: late enough to find it
 # expired, spread enough that many followers on one client do not all ask in the same instant.
 _HELD_JITTER = (0.0005, 0.010)
@@ -119,8 +221,11 @@ _MAX_UNKNOWN = 8  # unknown-outcome tokens kept (the oldest is dropped first)
 class ElectionCore:
     """The state of one candidate. Not thread-safe; one event loop drives it."""
 
-    def __init__(self, timings: Timings, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, timings: Timings, *, rng: random.Random | None = None, instance_id: str = ""
+    ) -> None:
         self.timings = timings
+        self.instance_id = instance_id
         self._rng = rng or _RNG
         self.phase = Phase.FOLLOWER
         self.term: Term | None = None
@@ -135,6 +240,15 @@ class ElectionCore:
         self.errors = 0  # consecutive store errors
         self.terms_won = 0
         self.notices = 0  # releases announced to this follower so far
+        self.restart_protection = False  # the store holds elections back after a restart
+        self.leader_id: str | None = None  # the holder the store named last (ours while leading)
+        # Counters for statistics().
+        self.transitions = 0
+        self.attempts = 0
+        self.renewals = 0
+        self.renew_failures = 0
+        self.store_errors = 0
+        self.last_renew_latency: float | None = None
 
     # ----------------------------------------------------------------------------- queries
 
@@ -146,10 +260,58 @@ class ElectionCore:
         """The deadline of a renewal sent at ``now``: what is left of the local lease."""
         return self.lease_deadline - now
 
+    def next_action(self, now: float) -> Action:
+        """What the driver does next, and when (it may be due already: ``at <= now``).
+
+        A follower acquires at ``next_acquire_at``. A leader renews at ``next_renew_at`` while
+        that is before the end of its local lease, and steps down at the end of it otherwise.
+        """
+        if self.phase is Phase.STOPPED:
+            return Stopped()
+        if self.phase is Phase.LEADER:
+            assert self.term is not None
+            if now < self.lease_deadline and self.next_renew_at < self.lease_deadline:
+                return Renew(self.next_renew_at, self.term.token)
+            return StepDown(self.lease_deadline)
+        return Acquire(self.next_acquire_at)
+
+    def state(self, now: float) -> str:
+        """``"leader"``, ``"held_back"`` (restart protection, or after ``resign()``),
+        ``"follower"`` or ``"stopped"``."""
+        if self.phase is Phase.STOPPED:
+            return "stopped"
+        if self.is_leader(now):
+            return "leader"
+        if self.restart_protection or self.held_back_until > now:
+            return "held_back"
+        return "follower"
+
+    def statistics(self, now: float, lifecycle: str = "running") -> ElectionStatistics:
+        """A snapshot of the election at ``now``; ``lifecycle`` is the driver's (``"new"``,
+        ``"stopping"`` and ``"stopped"`` stand for themselves)."""
+        leading = self.is_leader(now)
+        term = self.term
+        return ElectionStatistics(
+            state=lifecycle if lifecycle in ("new", "stopping", "stopped") else self.state(now),
+            instance_id=self.instance_id,
+            is_leader=leading,
+            fencing_token=term.fencing_token if leading and term is not None else None,
+            terms_won=self.terms_won,
+            transitions=self.transitions,
+            leader_id=self.instance_id if leading else self.leader_id,
+            acquire_attempts=self.attempts,
+            renewals=self.renewals,
+            renew_failures=self.renew_failures,
+            last_renew_latency=self.last_renew_latency,
+            store_errors=self.store_errors,
+            restart_protection=self.restart_protection,
+        )
+
     # ---------------------------------------------------------------------- follower inputs
 
     def attempt_sent(self, token: str) -> None:
         """An acquire with ``token`` is about to be sent: its outcome is unknown until answered."""
+        self.attempts += 1
         self._remember(token)
 
     def released(self, tokens: tuple[str, ...]) -> None:
@@ -163,6 +325,7 @@ class ElectionCore:
         if self.phase is not Phase.FOLLOWER:
             return []
         self.errors = 0
+        self.restart_protection = False
         if now >= sent_at + self.timings.renew_deadline:
             # Answered too late to lead safely; the token stays unknown, taken over next time.
             self.next_acquire_at = now
@@ -173,15 +336,26 @@ class ElectionCore:
         self.phase = Phase.LEADER
         self.lease_deadline = sent_at + self.timings.renew_deadline
         self.next_renew_at = sent_at + self.timings.heartbeat_interval
+        self.leader_id = self.instance_id
+        self.transitions += 1
         return [BecameLeader(self.term)]
 
-    def held(self, *, now: float, remaining_ms: int, notices_at_send: int | None = None) -> None:
+    def held(
+        self,
+        *,
+        now: float,
+        remaining_ms: int,
+        notices_at_send: int | None = None,
+        holder_id: str | None = None,
+    ) -> None:
         """Someone else holds the lock; sleep until their lease can have expired.
 
         ``notices_at_send`` is ``notices`` when the acquire was sent: a release announced while it
         was in flight may have come after the store answered, so try again at once.
         """
         self.errors = 0
+        self.restart_protection = False
+        self.leader_id = holder_id
         self.unknown_tokens = ()  # the lock holds someone else's token
         if notices_at_send is not None and notices_at_send != self.notices:
             self.next_acquire_at = max(now, self.held_back_until)
@@ -197,6 +371,8 @@ class ElectionCore:
     def held_back(self, *, now: float, wait_ms: int) -> None:
         """Restart protection is holding elections back for ``wait_ms``."""
         self.errors = 0
+        self.restart_protection = True
+        self.leader_id = None
         self.unknown_tokens = ()  # the lock is free
         self.next_acquire_at = max(
             now + wait_ms / 1000 + self._rng.uniform(0.0, 0.05), self.held_back_until
@@ -205,6 +381,7 @@ class ElectionCore:
     def acquire_failed(self, *, now: float, token: str) -> float:
         """The acquire failed or its outcome is unknown; returns the backoff chosen."""
         self.errors += 1
+        self.store_errors += 1
         self._remember(token)
         delay = self.backoff()
         self.next_acquire_at = max(now + delay, self.held_back_until)
@@ -240,6 +417,8 @@ class ElectionCore:
         if now >= self.lease_deadline:
             return self._lose(now, LossReason.RENEW_DEADLINE)
         self.errors = 0
+        self.renewals += 1
+        self.last_renew_latency = now - sent_at
         self.lease_deadline = max(self.lease_deadline, sent_at + self.timings.renew_deadline)
         self.next_renew_at = sent_at + self.timings.heartbeat_interval
         return []
@@ -255,6 +434,8 @@ class ElectionCore:
         if not self._holds(token):
             return []
         self.errors += 1
+        self.store_errors += 1
+        self.renew_failures += 1
         if now >= self.lease_deadline:
             return self._lose(now, LossReason.RENEW_DEADLINE)
         retry = min(self.timings.heartbeat_interval / 4, 0.05 * 2 ** min(self.errors, 6))
@@ -280,6 +461,19 @@ class ElectionCore:
         self.next_acquire_at = max(self.next_acquire_at, self.held_back_until)
         return self._lose(now, LossReason.RESIGNED)
 
+    def release_failed(self) -> None:
+        """A release failed (the lease expires by itself)."""
+        self.store_errors += 1
+
+    def fail(self, now: float) -> list[Transition]:
+        """The driver failed unexpectedly: end the term (it cannot be vouched for) and campaign
+        again after a backoff; returns the transitions."""
+        self.errors += 1
+        out = self._lose(now, LossReason.ERROR) if self.phase is Phase.LEADER else []
+        if self.phase is Phase.FOLLOWER:
+            self.next_acquire_at = max(now + self.backoff(), self.held_back_until)
+        return out
+
     def stop(self, now: float) -> list[Transition]:
         """End the term (if any) and stop campaigning for good."""
         out = self._lose(now, LossReason.STOPPED) if self.phase is Phase.LEADER else []
@@ -300,6 +494,8 @@ class ElectionCore:
         assert term is not None
         self.phase = Phase.FOLLOWER
         self.lease_deadline = 0.0
+        self.leader_id = None  # unknown until the store is read again
+        self.transitions += 1
         if reason is not LossReason.LOCK_LOST:
             # The lock may still hold the term's token until it is released or expires.
             self._remember(term.token)

@@ -1,10 +1,19 @@
-"""LeaderElection: the asyncio driver of the pure election core.
+"""LeaderElection: the public API and the lifecycle of one candidate.
 
-It owns one anyio task group in a runner task. Its children are the campaign (retry) loop, the
-callback dispatcher, and per term a heartbeat loop with its deadline watchdog and the
-``while_leader`` tasks. The core decides; this module only sends the store calls it asks for,
-bounded by deadlines, sleeps through the clock it was given, and turns the core's transitions into
-events, logs and callbacks.
+The pure core (:mod:`._core`) decides; this class obeys. Its runner task asks the core for the
+next action (acquire, renew, step down, or wait until a time), sends the store call it names with
+a deadline kept by the election's clock, reports the answer back, and turns the transitions the
+core returns into events, logs, term tasks (:mod:`._term`) and callbacks (:mod:`._callbacks`).
+It keeps no copy of "who leads": every read goes to the core.
+
+Tasks and their owners (``docs/architecture.md`` draws them):
+
+* the runner: owned by the election, supervised by itself: an unexpected error is logged with
+  its traceback, the term (if any) ends, and the campaign starts over after a backoff;
+* per term, the watchdog and the ``while_leader`` tasks: owned by the term's :class:`TermRun`;
+* the callback dispatcher: owned by the election, bounded at shutdown;
+* hand-offs after ``resign()``: owned by the election, waited for by the shutdown;
+* the channel listener: owned by the client's :class:`ChannelHub`, supervised there.
 """
 
 from __future__ import annotations
@@ -15,8 +24,8 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+import weakref
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
@@ -24,93 +33,54 @@ from typing import Any, Final, Literal, Self, TypeVar
 import anyio
 import redis.asyncio as aioredis
 
-from ._callbacks import Callback, CallbackList, ErrorHandler, LeaderTask, report
-from ._clock import Clock, Flag, MonotonicClock, Waitable
-from ._config import ElectionConfig
+from ._aio import Flag, wait_first, wait_shielded
+from ._callbacks import (
+    Callback,
+    CallbackList,
+    Dispatcher,
+    ErrorHandler,
+    LeaderTask,
+    check_error_handler,
+)
+from ._channel import Message, Released, Resync, StepDownRequested
+from ._clock import Clock, MonotonicClock
+from ._config import ElectionConfig, config_argument, new_instance_id
 from ._core import (
+    Acquire,
     BecameLeader,
     ElectionCore,
+    ElectionStatistics,
     LossReason,
     LostLeadership,
     Phase,
+    Renew,
+    StepDown,
     Term,
     Timings,
     Transition,
 )
-from ._exceptions import (
-    ConfigurationError,
-    ElectionNotRunningError,
-    LeaderElectionError,
-    StoreError,
-    StoreUnavailableError,
-)
+from ._exceptions import ElectionNotRunningError, LeaderElectionError, StoreError
+from ._exceptions import StoreUnavailableError as _Unavailable
 from ._info import LeaderInfo
 from ._observer import LeaderChange, watch_changes
 from ._store import (
     Acquired,
     Held,
     RedisStore,
-    ReleaseHub,
+    Store,
     client_from_url,
     close_client,
     redis_argument,
 )
+from ._term import TermRun
 
-__all__ = ["ElectionStatistics", "LeaderElection"]
+__all__ = ["ElectionStatistics", "LeaderElection", "Lifecycle"]
 
 logger = logging.getLogger("leaderelection")
 
 F = TypeVar("F", bound=Callable[..., Any])
-State = Literal["new", "starting", "running", "stopping", "stopped"]
-_STOP: Final = object()
+Lifecycle = Literal["new", "starting", "running", "stopping", "stopped"]
 _RELEASE_TIMEOUT: Final = 1.0  # seconds; release is best effort, the lease expires anyway
-
-
-@dataclass(frozen=True, slots=True)
-class ElectionStatistics:
-    """An immutable snapshot of one election, from ``LeaderElection.statistics()``.
-
-    Attributes:
-        state: ``"new"``, ``"follower"``, ``"leader"``, ``"held_back"`` (restart protection or
-            after ``resign()``), ``"stopping"`` or ``"stopped"``.
-        instance_id: This candidate's id.
-        is_leader: Whether this instance leads now.
-        fencing_token: The current term's fencing token, or None.
-        terms_won: Terms this instance has won.
-        transitions: Leadership changes (each won or lost term counts once).
-        leader_id: The leader this candidate last saw in the store (itself while leading).
-        acquire_attempts: Acquire round trips sent.
-        renewals: Successful renewals.
-        renew_failures: Renewals that failed or timed out.
-        last_renew_latency: Round trip of the last successful renewal, seconds.
-        store_errors: Store calls that failed (acquire, renew, release).
-        restart_protection: True while elections are held back after a Redis restart.
-    """
-
-    state: str
-    instance_id: str
-    is_leader: bool
-    fencing_token: int | None
-    terms_won: int
-    transitions: int
-    leader_id: str | None
-    acquire_attempts: int
-    renewals: int
-    renew_failures: int
-    last_renew_latency: float | None
-    store_errors: int
-    restart_protection: bool
-
-
-class _TermRun:
-    """What one term started: its end signal and its ``while_leader`` tasks."""
-
-    __slots__ = ("ended", "tasks", "term")
-
-    def __init__(self, term: Term) -> None:
-        self.term = term
-        self.ended = Flag()  # the heartbeat and the watchdog return when it is set
-        self.tasks: list[tuple[anyio.CancelScope, Flag]] = []
 
 
 class LeaderElection:
@@ -129,43 +99,37 @@ class LeaderElection:
         on_become_leader: A callback registered first, as with ``election.on_become_leader``.
         on_lose_leadership: A callback registered first, as with ``election.on_lose_leadership``.
         on_error: Called as ``on_error(exception, context)`` when a callback or ``while_leader``
-            task raises; the exception is logged either way.
-        clock: The monotonic clock to read and sleep through (for tests); default the real one.
+            task raises; the exception is logged either way. A plain function, not async.
+        clock: The monotonic clock to read and wait through (for tests); default the real one.
+        store: A lease store to use instead of Redis (``leaderelection.testing.MemoryStore``);
+            ``redis`` is then ignored and may be None.
 
     Raises:
         ConfigurationError: ``redis`` is neither an asyncio client nor a URL.
+        TypeError: ``on_error`` is async or not callable.
     """
 
     __slots__ = (
         "__weakref__",
-        "_attempts",
+        "_background",
         "_become",
-        "_campaign_scope",
         "_client",
         "_clock",
         "_config",
         "_core",
         "_dispatcher",
-        "_dispatcher_done",
-        "_dispatcher_started",
-        "_errors",
+        "_drive_scope",
         "_follower_event",
-        "_held_back",
-        "_hub",
+        "_grace",
         "_instance_id",
-        "_last_renew_latency",
         "_leader_event",
-        "_leader_id",
+        "_leader_task_set",
         "_leader_tasks",
+        "_listening",
         "_lose",
-        "_moves",
         "_on_error",
         "_owns_client",
-        "_pending",
-        "_pending_flag",
         "_released",
-        "_renew_failures",
-        "_renewals",
         "_runner",
         "_start_done",
         "_started_wall",
@@ -173,8 +137,8 @@ class LeaderElection:
         "_stop_requested",
         "_stopped",
         "_store",
+        "_task_wait",
         "_term",
-        "_tg",
         "_timings",
         "_url",
         "_wake",
@@ -182,33 +146,28 @@ class LeaderElection:
 
     def __init__(
         self,
-        redis: aioredis.Redis | Any | str,
+        redis: aioredis.Redis | Any | str | None,
         config: ElectionConfig | None = None,
         *,
         on_become_leader: Callback | None = None,
         on_lose_leadership: Callback | None = None,
         on_error: ErrorHandler | None = None,
         clock: Clock | None = None,
+        store: Store | None = None,
     ) -> None:
-        if config is not None and not isinstance(config, ElectionConfig):
-            raise ConfigurationError(
-                f"config must be an ElectionConfig, got {type(config).__name__}"
-            )
-        self._config = config if config is not None else ElectionConfig()
-        self._url: str | None
-        self._url, self._client = redis_argument(redis, "LeaderElection")
+        self._config = config_argument(config)
+        check_error_handler(on_error)
+        self._url: str | None = None
+        self._client: Any = None
+        if store is None:
+            self._url, self._client = redis_argument(redis, "LeaderElection")
         self._owns_client = self._url is not None
-        cfg = self._config
-        self._instance_id = cfg.instance_id or (
-            f"{cfg.hostname}-{os.getpid()}-{secrets.token_hex(4)}"
-        )
-        self._timings = Timings(
-            lock_ttl=cfg.lock_ttl.total_seconds(),
-            heartbeat_interval=cfg.heartbeat_interval.total_seconds(),
-            retry_interval=cfg.retry_interval.total_seconds(),
-            renew_deadline=cfg.renew_deadline.total_seconds(),
-        )
-        self._core = ElectionCore(self._timings)
+        self._store: Store | None = store
+        self._instance_id = new_instance_id(self._config)
+        self._timings = Timings.from_config(self._config)
+        self._grace = self._timings.grace  # for user code that ignores cancellation
+        self._task_wait = self._timings.call_timeout  # for while_leader tasks, before a release
+        self._core = ElectionCore(self._timings, instance_id=self._instance_id)
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._become = CallbackList("on_become_leader")
         self._lose = CallbackList("on_lose_leadership")
@@ -218,32 +177,29 @@ class LeaderElection:
         if on_lose_leadership is not None:
             self._lose.add(on_lose_leadership)
         self._on_error = on_error
+        self._dispatcher = Dispatcher(
+            self._become,
+            self._lose,
+            context=lambda kind, run: self._context(kind, None, run.term),
+            on_error=on_error,
+            grace=self._grace,
+        )
 
-        self._state: State = "new"
-        self._store: RedisStore | None = None
+        self._state: Lifecycle = "new"
         self._runner: asyncio.Task[None] | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._campaign_scope: anyio.CancelScope | None = None
-        self._term: _TermRun | None = None
-        # Callback dispatch: items in order, handled by a task started at the first term.
-        self._pending: list[tuple[str, _TermRun | None]] = []
-        self._pending_flag = Flag()
-        self._dispatcher: asyncio.Task[Any] | None = None
-        self._dispatcher_started = False
-        self._dispatcher_done = Flag()
+        self._drive_scope: anyio.CancelScope | None = None
+        self._term: TermRun | None = None  # the tasks of the current term, while it runs
+        self._background: set[asyncio.Task[None]] = set()  # hand-offs after resign()
+        self._leader_task_set: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
         self._leader_event = asyncio.Event()
         self._follower_event = Flag()
         self._follower_event.set()
-        self._wake = Flag()
+        self._wake = Flag()  # the runner looks at the core again
         self._stop_requested = Flag()
         self._stopped = Flag()
         self._released = Flag()  # set once the shutdown released what may be ours
         self._start_done = Flag()
-        self._hub: ReleaseHub | None = None
-        self._held_back = False
-        self._leader_id: str | None = None
-        self._attempts = self._renewals = self._renew_failures = self._errors = self._moves = 0
-        self._last_renew_latency: float | None = None
+        self._listening = False
         self._started_wall = _utcnow()
 
     # --------------------------------------------------------------------- public reads
@@ -285,31 +241,7 @@ class LeaderElection:
 
     def statistics(self) -> ElectionStatistics:
         """An immutable snapshot of the election's state and counters."""
-        leading = self.is_leader
-        state: str
-        if self._state in ("new", "stopping", "stopped"):
-            state = self._state
-        elif leading:
-            state = "leader"
-        elif self._held_back or self._core.held_back_until > self._clock.now():
-            state = "held_back"
-        else:
-            state = "follower"
-        return ElectionStatistics(
-            state=state,
-            instance_id=self._instance_id,
-            is_leader=leading,
-            fencing_token=self.fencing_token,
-            terms_won=self._core.terms_won,
-            transitions=self._moves,
-            leader_id=self._instance_id if leading else self._leader_id,
-            acquire_attempts=self._attempts,
-            renewals=self._renewals,
-            renew_failures=self._renew_failures,
-            last_renew_latency=self._last_renew_latency,
-            store_errors=self._errors,
-            restart_protection=self._held_back,
-        )
+        return self._core.statistics(self._clock.now(), self._state)
 
     async def get_leader_info(self) -> LeaderInfo | None:
         """Read who leads from the store; None when no one does.
@@ -319,13 +251,13 @@ class LeaderElection:
             CorruptLeaderInfoError: the stored record is not valid LeaderInfo JSON.
         """
         timeout = self._timings.call_timeout
-        if self._owns_client and self._state == "stopped":
-            # The election's own client is closed; read with a short-lived one.
+        if self._owns_client and self._state in ("new", "stopped"):
+            # The election's own client does not exist or is closed: read with a short-lived one.
             client = client_from_url(self._url or "", timeout)
             try:
                 return await self._make_store(client).read_info(timeout=timeout)
             finally:
-                await client.aclose()
+                await close_client(client)
         return await self._get_store().read_info(timeout=timeout)
 
     async def get_leader_id(self) -> str | None:
@@ -360,7 +292,7 @@ class LeaderElection:
                     # its next turn and sets the follower event.
                     await self._follower_event.wait()
                     continue
-                await _wait_first(self._leader_event, self._stopped)
+                await wait_first(self._leader_event, self._stopped)
                 if self._stopped.is_set() or self._state in ("stopping", "stopped"):
                     raise ElectionNotRunningError(
                         "the election stopped while waiting for leadership"
@@ -389,8 +321,8 @@ class LeaderElection:
     def on_lose_leadership(self, callback: F) -> F:
         """Register a zero-argument callback (sync or async) run when a term ends.
 
-        It runs only after the term's become callbacks finished and its ``while_leader`` tasks were
-        cancelled; every become is followed by exactly one lose unless the process dies.
+        It runs only after the term's become callbacks finished and its ``while_leader`` tasks
+        ended; every become is followed by exactly one lose unless the process dies.
         """
         self._lose.add(callback)
         return callback
@@ -405,8 +337,8 @@ class LeaderElection:
         if not callable(func):
             raise TypeError(f"while_leader needs an async function, got {func!r}")
         self._leader_tasks.append(func)
-        if self._term is not None and self._tg is not None:
-            self._start_leader_task(func, self._term)
+        if self._term is not None:
+            self._start_leader_task(self._term, func)
         return func
 
     # ----------------------------------------------------------------------- lifecycle
@@ -447,23 +379,29 @@ class LeaderElection:
             # The first attempt runs right here, in the caller's task: nothing stands between
             # entering and knowing the outcome but one round trip.
             store = self._get_store()
-            hub = self._hub = ReleaseHub.for_client(store.client)
-            subscribed = hub is not None and hub.is_active(store.channel)
-            await self._attempt(store, first=True)
-            if hub is not None:
-                # Subscribing after the attempt keeps the attempt alone on the wire. A follower
-                # whose attempt went out before the subscription was live may have missed a
-                # release in between: once it is live, look again at once.
-                await hub.add(store.channel, self._on_release)
-                if not subscribed and self._core.phase is Phase.FOLLOWER:
-                    timeout = self._timings.call_timeout
-                    if await hub.wait_active(store.channel, timeout=timeout):
+            hub = store.hub
+            if hub is not None and hub.is_active(store.channel):
+                # The client listens already: listen first, so that a release announced while
+                # the attempt is on its way is heard (the attempt then tries again at once).
+                await hub.add(store.channel, self._on_message)
+                self._listening = True
+                await self._attempt(store, first=True)
+            else:
+                await self._attempt(store, first=True)
+                if hub is not None:
+                    # Subscribing after the attempt keeps the attempt alone on the wire. A
+                    # follower whose attempt went out before the subscription was live may have
+                    # missed a release in between: once it is live, look again at once.
+                    await hub.add(store.channel, self._on_message)
+                    self._listening = True
+                    if self._core.phase is Phase.FOLLOWER and await hub.wait_active(
+                        store.channel, timeout=self._timings.call_timeout
+                    ):
                         self._core.release_noticed(now=self._clock.now())
         except BaseException:
             # A permanent error or a cancellation: undo what was started, releasing a lock the
             # first attempt may have won, then let the exception through.
-            cleanup = asyncio.ensure_future(self._teardown())
-            await _wait_shielded(cleanup, self._shutdown_bound())
+            await wait_shielded(asyncio.ensure_future(self._teardown()), self._shutdown_bound())
             raise
         finally:
             self._start_done.set()
@@ -473,33 +411,33 @@ class LeaderElection:
         )
 
     async def stop(self) -> None:
-        """Stop campaigning; release leadership if held. Idempotent.
+        """Stop campaigning; release leadership if held. Idempotent, and bounded from any caller.
 
         Ends the term locally first (``is_leader`` False, ``while_leader`` tasks cancelled),
         then releases the lock, waking a follower at once, then waits for the lose callbacks.
-        Bounded even when Redis is gone: the release has a deadline of its own.
+        Bounded even when Redis is gone (the release has a deadline of its own) and when user
+        code ignores cancellation (it is waited for one lease at most, and logged). Called from
+        a callback or a ``while_leader`` task, it starts the shutdown and returns at once: the
+        shutdown waits for that very code.
         """
         self._stop_requested.set()
+        self._wake.set()
         if self._state == "starting":  # stop() while start() is in its first attempt
-            await _wait_shielded(self._start_done, self._shutdown_bound())
-        if self._runner is None:
+            await wait_shielded(self._start_done, self._shutdown_bound())
+        runner = self._runner
+        if runner is None:
             if self._state != "stopped":
                 await self._teardown()
             return
-        if self._campaign_scope is not None:
-            self._campaign_scope.cancel()
-        if asyncio.current_task() is self._dispatcher:
-            # Called from a callback: the shutdown waits for the callbacks, so it cannot be
-            # awaited here; it completes as soon as this callback returns.
+        if self._drive_scope is not None:
+            self._drive_scope.cancel()
+        if self._in_own_task():
             return
         # Even a cancelled caller waits (boundedly) until the lock is released, so that leaving
-        # a cancelled scope or asyncio.run() does not strand the lease; then the callbacks.
-        await _wait_shielded(self._released, self._shutdown_bound())
-        if not self._runner.done():
-            # A cancelled caller also gives the runner a bounded while to run the lose callbacks
-            # and close a client made from a URL, which asyncio.run() would otherwise cut short.
-            await _wait_shielded(self._runner, self._shutdown_bound())
-            await asyncio.shield(self._runner)
+        # a cancelled scope or asyncio.run() does not strand the lease; then the callbacks, and
+        # the closing of a client made from a URL, which asyncio.run() would otherwise cut short.
+        await wait_shielded(self._released, self._shutdown_bound())
+        await wait_shielded(runner, self._shutdown_bound() + 2 * self._grace)
 
     async def resign(self) -> None:
         """Hand leadership over now and stay a candidate.
@@ -516,123 +454,71 @@ class LeaderElection:
         if run is None:
             return
         self._apply(self._core.resign(self._clock.now()))
-        if not run.tasks or self._tg is None:
+        tokens = self._core.unknown_tokens
+        if not run.tasks:
             # Nothing to wait for: send the release from here, at once. If the caller is
             # cancelled while the answer is on its way, the release was sent all the same, and
             # the token stays remembered for stop() or the next acquire.
-            await self._release_unknown(run.term)
+            await self._release(run.term, tokens)
             return
-        # The hand-off runs in the election's task group: it completes even if the caller is
+        # The hand-off runs in a task of the election's: it completes even if the caller is
         # cancelled, or is itself a while_leader task that the end of the term just cancelled.
-        done = Flag()
-        self._tg.start_soon(self._hand_off, run, self._core.unknown_tokens, done)
-        await done.wait()
+        await asyncio.shield(self._spawn(self._hand_off(run, tokens)))
 
-    # ------------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------------ the runner
 
-    def _shutdown_bound(self) -> float:
-        """How long the release part of a shutdown can take at most, with a margin."""
-        return 2 * self._timings.call_timeout + _RELEASE_TIMEOUT + 0.5
-
-    def _require_running(self) -> None:
-        if self._state not in ("starting", "running"):
-            raise ElectionNotRunningError(
-                f"the election is {self._state}: use `async with LeaderElection(...)` or "
-                "`await election.start()` first"
-            )
-
-    def _get_store(self) -> RedisStore:
-        if self._store is None:
-            if self._client is None:
-                assert self._url is not None
-                self._client = client_from_url(self._url, self._timings.call_timeout)
-            self._store = self._make_store(self._client)
-        return self._store
-
-    def _make_store(self, client: Any) -> RedisStore:
-        return RedisStore.for_config(client, self._config)
-
-    async def _close_client(self) -> None:
-        if self._owns_client and self._client is not None:
-            client, self._client, self._store = self._client, None, None
-            with contextlib.suppress(Exception):
-                await close_client(client)
-
-    async def _run(self, store: RedisStore) -> None:
+    async def _run(self, store: Store) -> None:
+        """The runner task: drive the core until stopped, restarting after a failure; then shut
+        down. Whatever ends it, the teardown releases what may be ours and lets go of Redis."""
+        core, clock = self._core, self._clock
         try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                if self._term is not None:  # won by the first attempt, in start()
-                    self._start_term_tasks(self._term)
-                if self._pending and not self._dispatcher_started:
-                    self._dispatcher_started = True
-                    tg.start_soon(self._dispatch)
-                # The retry loop runs in this task (one task less per idle candidate); stop()
-                # cancels its scope, and the shutdown follows once the cancellation has landed,
-                # so an acquire in flight has settled before anything is released.
-                self._campaign_scope = anyio.CancelScope()
+            while not self._stop_requested.is_set():
+                self._drive_scope = anyio.CancelScope()
                 if self._stop_requested.is_set():
-                    self._campaign_scope.cancel()
-                with self._campaign_scope:
-                    await self._campaign(store)
-                await self._shutdown()
-                tg.cancel_scope.cancel()
+                    self._drive_scope.cancel()
+                try:
+                    with self._drive_scope:
+                        await self._drive(store)
+                except Exception as exc:
+                    self._apply(core.fail(clock.now()))
+                    logger.error(
+                        "The election's runner failed (%s: %s); campaigning again in %.2fs",
+                        type(exc).__name__,
+                        exc,
+                        max(core.next_acquire_at - clock.now(), 0.0),
+                        exc_info=exc,
+                        extra=self._extra(),
+                    )
+                    await clock.wait_until(core.next_acquire_at, self._stop_requested)
+            await self._shutdown()
         finally:
-            self._tg = None
             await self._teardown()
 
-    async def _teardown(self) -> None:
-        """Whatever ended the election (a stop, a cancellation, a failed start, a bug): end the
-        term, release what may be ours, run the callbacks still queued, and let go of Redis."""
-        await self._abandon()
-        if self._hub is not None and self._store is not None:
-            await self._hub.remove(self._store.channel, self._on_release)
-            self._hub = None
-        self._state = "stopped"
-        self._leader_event.clear()
-        self._follower_event.set()
-        self._stopped.set()
-        await self._close_client()
+    async def _drive(self, store: Store) -> None:
+        """Do what the core says, when it says, until the election stops."""
+        core, clock = self._core, self._clock
+        while not self._stop_requested.is_set():
+            now = clock.now()
+            action = core.next_action(now)
+            if action.at > now:
+                self._wake.clear()
+                await clock.wait_until(action.at, self._wake)
+            elif isinstance(action, Acquire):
+                await self._attempt(store)
+            elif isinstance(action, Renew):
+                await self._renew(store, action.token)
+            elif isinstance(action, StepDown):
+                self._apply(core.check(now))
+            else:
+                return
 
-    async def _shutdown(self) -> None:
-        self._state = "stopping"
-        run = self._term
-        self._apply(self._core.stop(self._clock.now()))
-        if run is not None:
-            await self._finish_leader_tasks(run)
-        await self._release_unknown(run.term if run is not None else None)
-        self._released.set()
-        if self._dispatcher_started:
-            self._enqueue(_STOP, None)
-            await self._dispatcher_done.wait()
-
-    async def _abandon(self) -> None:
-        """Leave nothing behind: end the term, release, run the callbacks still queued."""
-        self._apply(self._core.stop(self._clock.now()))
-        if not self._released.is_set():
-            await self._release_unknown(None)
-            self._released.set()
-        pending, self._pending = self._pending, []
-        for kind, run in pending:
-            if run is not None:
-                await self._run_callbacks(kind, run)
-
-    async def _hand_off(self, run: _TermRun, tokens: tuple[str, ...], done: Flag) -> None:
-        """After resign(): let the term's tasks finish, then release so a follower takes over."""
-        try:
-            await self._finish_leader_tasks(run)
-            await self._release_unknown(run.term, tokens)
-        finally:
-            done.set()
-
-    async def _attempt(self, store: RedisStore, *, first: bool = False) -> None:
+    async def _attempt(self, store: Store, *, first: bool = False) -> None:
         core, clock = self._core, self._clock
         token = secrets.token_hex(16)
         sent = clock.now()
         notices = core.notices
         unknown = core.unknown_tokens
         core.attempt_sent(token)
-        self._attempts += 1
         try:
             result = await store.acquire(
                 token,
@@ -644,14 +530,13 @@ class LeaderElection:
                 check_role=first,
             )
         except StoreError as exc:
-            self._errors += 1
             delay = core.acquire_failed(now=clock.now(), token=token)
-            if first and isinstance(exc, StoreUnavailableError):
+            if first and isinstance(exc, _Unavailable):
                 # A retrying client can hide a wrong password behind a timeout: look once.
                 cause = await store.diagnose(timeout=self._timings.call_timeout)
                 if cause is not None:
                     raise cause from exc
-            if first and not isinstance(exc, StoreUnavailableError):
+            if first and not isinstance(exc, _Unavailable):
                 raise
             logger.warning(
                 "Failed to acquire leadership, retrying in %.2fs: %s",
@@ -662,18 +547,20 @@ class LeaderElection:
             return
         now = clock.now()
         if isinstance(result, Acquired):
-            self._held_back = False
             self._apply(
                 core.acquired(
                     sent_at=sent, now=now, token=token, fencing_token=result.fencing_token
                 )
             )
         elif isinstance(result, Held):
-            self._held_back = False
-            self._leader_id = result.holder_id
-            core.held(now=now, remaining_ms=result.remaining_ms, notices_at_send=notices)
+            core.held(
+                now=now,
+                remaining_ms=result.remaining_ms,
+                notices_at_send=notices,
+                holder_id=result.holder_id,
+            )
         else:
-            if not self._held_back:
+            if not core.restart_protection:
                 logger.warning(
                     "Redis started %ss ago: holding elections back for %.1fs so that a leader "
                     "from before a restart has stepped down",
@@ -681,172 +568,122 @@ class LeaderElection:
                     result.wait_ms / 1000,
                     extra=self._extra(),
                 )
-            self._held_back = True
             core.held_back(now=now, wait_ms=result.wait_ms)
 
-    async def _campaign(self, store: RedisStore) -> None:
+    async def _renew(self, store: Store, token: str) -> None:
         core, clock = self._core, self._clock
-        while not self._stop_requested.is_set():
-            if core.phase is Phase.LEADER:
-                await self._follower_event.wait()
-                continue
-            if core.next_acquire_at > clock.now():
-                self._wake.clear()
-                await clock.wait_until(core.next_acquire_at, self._wake)
-                continue
-            await self._attempt(store)
-
-    async def _heartbeat(self, run: _TermRun, store: RedisStore) -> None:
-        # The term's end is signalled, not cancelled: a renewal in flight may finish (the core
-        # ignores an ended term's answers, and the script only extends a lock holding its token).
-        core, clock, term = self._core, self._clock, run.term
-        while not run.ended.is_set():
-            if await clock.wait_until(core.next_renew_at, run.ended):
-                return
-            sent = clock.now()
-            timeout = core.renew_timeout(sent)
-            if timeout <= 0:
-                self._apply(core.check(sent))
-                return
-            try:
-                ok = await store.renew(
-                    term.token,
-                    self._info_json(term, sent_wall=_utcnow()),
-                    self._timings.lock_ttl_ms,
-                    timeout=timeout,
-                )
-            except StoreError as exc:
-                if run.ended.is_set():  # the watchdog ended the term while we waited
-                    return
-                self._errors += 1
-                self._renew_failures += 1
-                logger.warning("Heartbeat failed, retrying: %s", exc, extra=self._extra())
-                self._apply(core.renew_failed(token=term.token, now=clock.now()))
-                continue
-            now = clock.now()
-            if run.ended.is_set():
-                return
-            if ok:
-                self._renewals += 1
-                self._last_renew_latency = now - sent
-                logger.debug("Heartbeat sent", extra=self._extra())
-                self._apply(core.renewed(token=term.token, sent_at=sent, now=now))
-            else:
-                self._apply(core.renew_lost(token=term.token, now=now))
-
-    async def _watchdog(self, run: _TermRun) -> None:
-        core, clock = self._core, self._clock
-        while not run.ended.is_set():
-            if await clock.wait_until(core.lease_deadline, run.ended):
-                return
-            self._apply(core.check(clock.now()))
+        term = core.term
+        assert term is not None
+        sent = clock.now()
+        try:
+            ok = await store.renew(
+                token,
+                self._info_json(term, sent_wall=_utcnow()),
+                self._timings.lock_ttl_ms,
+                timeout=core.renew_timeout(sent),
+            )
+        except StoreError as exc:
+            logger.warning("Heartbeat failed, retrying: %s", exc, extra=self._extra(term))
+            self._apply(core.renew_failed(token=token, now=clock.now()))
+            return
+        except Exception as exc:
+            # An odd reply or a client bug: the renewal's outcome is unknown, as after a timeout.
+            logger.error(
+                "Heartbeat failed unexpectedly, retrying", exc_info=exc, extra=self._extra(term)
+            )
+            self._apply(core.renew_failed(token=token, now=clock.now()))
+            return
+        now = clock.now()
+        if ok:
+            logger.debug("Heartbeat sent", extra=self._extra(term))
+            self._apply(core.renewed(token=token, sent_at=sent, now=now))
+        else:
+            self._apply(core.renew_lost(token=token, now=now))
 
     def _apply(self, transitions: list[Transition]) -> None:
         for transition in transitions:
-            self._moves += 1
             if isinstance(transition, BecameLeader):
                 self._begin_term(transition.term)
             else:
                 self._end_term(transition)
 
     def _begin_term(self, term: Term) -> None:
-        run = _TermRun(term)
-        self._term = run
-        self._leader_id = self._instance_id
+        run = self._term = TermRun(term)
         self._follower_event.clear()
         self._leader_event.set()
-        logger.info("Became the leader", extra=self._extra())
-        if self._tg is not None:  # else the runner starts them as it comes up
-            self._start_term_tasks(run)
-        self._enqueue("become", run)
-
-    def _start_term_tasks(self, run: _TermRun) -> None:
-        """Start the term's heartbeat, watchdog and ``while_leader`` tasks."""
-        assert self._tg is not None and self._store is not None
-        self._tg.start_soon(self._heartbeat, run, self._store)
-        self._tg.start_soon(self._watchdog, run)
+        logger.info("Became the leader", extra=self._extra(term))
+        core = self._core
+        run.start_watchdog(
+            self._clock,
+            lambda: core.lease_deadline,
+            lambda: self._apply(core.check(self._clock.now())),
+        )
         for func in self._leader_tasks:
-            self._start_leader_task(func, run)
+            self._start_leader_task(run, func)
+        self._dispatcher.enqueue("become", run)
 
     def _end_term(self, lost: LostLeadership) -> None:
         run = self._term
         assert run is not None and run.term is lost.term
         self._term = None
-        self._leader_id = None  # unknown until the store is read again
         self._leader_event.clear()
         self._follower_event.set()
-        run.ended.set()
-        for scope, _ in run.tasks:
-            scope.cancel()
+        run.end()
         extra = {**self._extra(run.term), "reason": lost.reason.value}
         if lost.reason in (LossReason.RENEW_DEADLINE, LossReason.LOCK_LOST):
             logger.warning("Failed to send heartbeat, lost leadership", extra=extra)
         else:
             logger.info("Stepped down (%s)", lost.reason.value, extra=extra)
-        self._enqueue("lose", run)
+        self._dispatcher.enqueue("lose", run)
         self._wake.set()
 
-    def _start_leader_task(self, func: LeaderTask, run: _TermRun) -> None:
-        assert self._tg is not None
-        scope, done = anyio.CancelScope(), Flag()
-        run.tasks.append((scope, done))
-        self._tg.start_soon(self._run_leader_task, func, run, scope, done)
+    def _start_leader_task(self, run: TermRun, func: LeaderTask) -> None:
+        task = run.start_task(
+            func, context=self._context("while_leader", func, run.term), on_error=self._on_error
+        )
+        self._leader_task_set.add(task)
 
-    async def _run_leader_task(
-        self, func: LeaderTask, run: _TermRun, scope: anyio.CancelScope, done: Flag
-    ) -> None:
-        try:
-            with scope:
-                await func()
-        except Exception as exc:
-            report(exc, self._context("while_leader", func, run.term), self._on_error)
-        except asyncio.CancelledError as exc:
-            if _being_cancelled():
-                raise
-            # A stray CancelledError (the task awaited something that was cancelled) ends
-            # this task only, like any other exception.
-            report(exc, self._context("while_leader", func, run.term), self._on_error)
-        finally:
-            done.set()
+    # ------------------------------------------------------------------- shutting down
 
-    async def _finish_leader_tasks(self, run: _TermRun) -> None:
-        """Give the term's cancelled ``while_leader`` tasks a moment to finish before releasing."""
-        deadline = self._clock.now() + self._timings.call_timeout
-        for _, done in run.tasks:
-            await self._clock.wait_until(deadline, done)
+    async def _shutdown(self) -> None:
+        self._state = "stopping"
+        run = self._term
+        self._apply(self._core.stop(self._clock.now()))
+        if run is not None:
+            await run.wait_tasks(self._task_wait)
+        if self._background:  # a hand-off in flight releases its own term first
+            await asyncio.wait(set(self._background), timeout=self._shutdown_bound())
+        await self._release(run.term if run is not None else None)
+        self._released.set()
+        await self._dispatcher.close()
 
-    def _enqueue(self, kind: Any, run: _TermRun | None) -> None:
-        """Queue callbacks for the dispatcher, starting it at the first term."""
-        self._pending.append((kind, run))
-        self._pending_flag.set()
-        if not self._dispatcher_started and self._tg is not None:
-            self._dispatcher_started = True
-            self._tg.start_soon(self._dispatch)
+    async def _teardown(self) -> None:
+        """Whatever ended the election (a stop, a cancellation, a failed start, a bug): end the
+        term, release what may be ours, run the callbacks still queued, and let go of Redis."""
+        self._apply(self._core.stop(self._clock.now()))
+        if not self._released.is_set():
+            await self._release(None)
+            self._released.set()
+        await self._dispatcher.close()
+        store = self._store
+        if self._listening and store is not None and store.hub is not None:
+            self._listening = False
+            await store.hub.remove(store.channel, self._on_message)
+        self._state = "stopped"
+        self._leader_event.clear()
+        self._follower_event.set()
+        self._stopped.set()
+        if self._owns_client and self._client is not None:
+            client, self._client, self._store = self._client, None, None
+            with contextlib.suppress(Exception):
+                await close_client(client)
 
-    async def _dispatch(self) -> None:
-        self._dispatcher = asyncio.current_task()
-        try:
-            while True:
-                while not self._pending:
-                    self._pending_flag.clear()
-                    await self._pending_flag.wait()
-                kind, run = self._pending.pop(0)
-                if kind is _STOP or run is None:
-                    return
-                if kind == "lose":
-                    for _, task_done in run.tasks:
-                        await task_done.wait()
-                await self._run_callbacks(kind, run)
-        finally:
-            self._dispatcher_done.set()
+    async def _hand_off(self, run: TermRun, tokens: tuple[str, ...]) -> None:
+        """After resign(): let the term's tasks finish, then release so a follower takes over."""
+        await run.wait_tasks(self._task_wait)
+        await self._release(run.term, tokens)
 
-    async def _run_callbacks(self, kind: str, run: _TermRun) -> None:
-        callbacks = self._become if kind == "become" else self._lose
-        await callbacks.run(self._context(callbacks.kind, None, run.term), self._on_error)
-
-    async def _release_unknown(
-        self, term: Term | None, tokens: tuple[str, ...] | None = None
-    ) -> None:
+    async def _release(self, term: Term | None, tokens: tuple[str, ...] | None = None) -> None:
         """Release the lock if it holds any token of ours (``term``: the term just ended).
 
         ``tokens`` defaults to every token whose outcome is unknown. A hand-off passes the ones
@@ -861,32 +698,88 @@ class LeaderElection:
             logger.info("Releasing leadership voluntarily", extra=self._extra(term))
         try:
             await self._store.release(
-                tokens, self._instance_id, timeout=min(self._timings.call_timeout, _RELEASE_TIMEOUT)
+                tokens,
+                self._instance_id,
+                fencing_token=term.fencing_token if term is not None else None,
+                timeout=min(self._timings.call_timeout, _RELEASE_TIMEOUT),
             )
             self._core.released(tokens)
         except StoreError as exc:
-            self._errors += 1
+            self._core.release_failed()
             logger.warning(
                 "Could not release the lock (%s); it expires within lock_ttl",
                 exc,
                 extra=self._extra(),
             )
 
-    def _on_release(self, message: str | None) -> None:
-        """A message on the election's channel: a release ("R ...", or None after a reconnect,
-        when one may have been missed) wakes a follower; a step-down request naming this
-        instance ("S <instance id>") makes a leader resign; a new term ("A ...") is for
-        observers."""
-        if message is None or message.startswith("R "):
+    # ------------------------------------------------------------------------ internals
+
+    def _wait_for_user_code(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for ``while_leader`` tasks before a release and for callbacks
+        at a shutdown (the sync election's threads cannot be cancelled: it waits for them)."""
+        self._task_wait = self._grace = timeout
+        self._dispatcher.grace = timeout
+
+    def _on_message(self, message: Message) -> None:
+        """A message on the election's channel: a release (or a resubscription, when one may
+        have been missed) wakes a follower; a step-down request naming this instance makes a
+        leader resign; a new term's announcement is for observers."""
+        if isinstance(message, Released | Resync):
             if self._core.release_noticed(now=self._clock.now()):
                 self._wake.set()
-        elif message == f"S {self._instance_id}" and self.is_leader and self._tg is not None:
+        elif (
+            isinstance(message, StepDownRequested)
+            and message.instance_id == self._instance_id
+            and self.is_leader
+            and self._state == "running"
+        ):
             logger.info("Stepping down on request", extra=self._extra(self._core.term))
-            self._tg.start_soon(self._step_down_on_request)
+            self._spawn(self._step_down_on_request())
 
     async def _step_down_on_request(self) -> None:
         with contextlib.suppress(ElectionNotRunningError):
             await self.resign()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` in a task the election owns until it ends; its failure is logged."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("A hand-off failed", exc_info=task.exception(), extra=self._extra())
+
+    def _in_own_task(self) -> bool:
+        """Whether the caller is the election's callback dispatcher or a ``while_leader`` task."""
+        task = asyncio.current_task()
+        if task is None:
+            return False
+        return task is self._dispatcher.task or task in self._leader_task_set
+
+    def _shutdown_bound(self) -> float:
+        """How long the release part of a shutdown can take at most, with a margin."""
+        return 2 * self._timings.call_timeout + _RELEASE_TIMEOUT + 0.5
+
+    def _require_running(self) -> None:
+        if self._state not in ("starting", "running"):
+            raise ElectionNotRunningError(
+                f"the election is {self._state}: use `async with LeaderElection(...)` or "
+                "`await election.start()` first"
+            )
+
+    def _get_store(self) -> Store:
+        if self._store is None:
+            if self._client is None:
+                assert self._url is not None
+                self._client = client_from_url(self._url, self._timings.call_timeout)
+            self._store = self._make_store(self._client)
+        return self._store
+
+    def _make_store(self, client: Any) -> RedisStore:
+        return RedisStore.for_config(client, self._config, self._clock)
 
     def _info_json(self, term: Term | None, *, sent_wall: datetime) -> str:
         """The LeaderInfo JSON; without a term, the prefix the acquire script completes."""
@@ -925,45 +818,6 @@ class LeaderElection:
             "instance_id": self._instance_id,
             "fencing_token": term.fencing_token,
         }
-
-
-def _being_cancelled() -> bool:
-    """Whether the current task has a cancellation pending (ours to honour, not to report)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-async def _wait_shielded(awaitable: Flag | asyncio.Future[Any], timeout: float) -> None:
-    """Wait up to ``timeout`` for an event or future even if the caller is cancelled meanwhile;
-    a cancellation that arrived is raised afterwards."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    waiter = asyncio.ensure_future(awaitable.wait()) if isinstance(awaitable, Flag) else awaitable
-    cancelled: BaseException | None = None
-    with anyio.CancelScope(shield=True):
-        while not waiter.done() and (left := deadline - loop.time()) > 0:
-            try:
-                await asyncio.wait({waiter}, timeout=left)
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-    if isinstance(awaitable, Flag):
-        waiter.cancel()
-    elif waiter.done() and not waiter.cancelled():
-        waiter.exception()  # retrieved: a failed start() reports it once, from start()
-    if cancelled is not None:
-        raise cancelled
-
-
-async def _wait_first(*events: Waitable) -> None:
-    """Wait until any of ``events`` is set."""
-    if any(e.is_set() for e in events):
-        return
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
 
 
 def _utcnow() -> datetime:

@@ -22,17 +22,17 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
-from ._clock import Flag
-from ._config import ElectionConfig
+from ._aio import Flag
+from ._channel import Announced, Message, Released, Resync
+from ._config import ElectionConfig, config_argument
 from ._core import Timings
 from ._exceptions import (
-    ConfigurationError,
     LeaderElectionError,
     StoreAuthenticationError,
     StoreError,
 )
 from ._info import LeaderInfo
-from ._store import RedisStore, ReleaseHub, client_from_url, redis_argument
+from ._store import RedisStore, Store, client_from_url, close_client, redis_argument
 
 __all__ = ["LeaderChange", "LeaderObserver", "watch_changes"]
 
@@ -63,13 +63,13 @@ class LeaderChange:
         return self.leader.fencing_token if self.leader is not None else None
 
 
-async def watch_changes(store: RedisStore, timings: Timings) -> AsyncIterator[LeaderChange]:
+async def watch_changes(store: Store, timings: Timings) -> AsyncIterator[LeaderChange]:
     """Yield the current leader, then every change of leader, in order (see the module doc)."""
-    hub = ReleaseHub.for_client(store.client)
-    messages: collections.deque[str | None] = collections.deque()
+    hub = store.hub
+    messages: collections.deque[Message] = collections.deque()
     arrived = Flag()
 
-    def listen(message: str | None) -> None:
+    def listen(message: Message) -> None:
         messages.append(message)
         arrived.set()
 
@@ -108,21 +108,20 @@ async def watch_changes(store: RedisStore, timings: Timings) -> AsyncIterator[Le
             resync = not messages and loop.time() >= read_at
             while messages:
                 message = messages.popleft()
-                if message is None:  # reconnected: something may have been missed
+                if isinstance(message, Resync):  # resubscribed: something may have been missed
                     resync = True
-                elif message.startswith("A "):
+                elif isinstance(message, Announced):
                     try:
-                        new = LeaderInfo.model_validate_json(message[2:])
+                        new = LeaderInfo.model_validate_json(message.record)
                     except ValueError:
                         resync = True
                         continue
                     if new.fencing_token >= seen:
                         observed.append(new)
                         seen = new.fencing_token
-                elif message.startswith("R "):
-                    token, _, _ = message[2:].partition(" ")
+                elif isinstance(message, Released):
                     last = observed[-1] if observed else current
-                    if last is not None and str(last.fencing_token) == token:
+                    if last is not None and last.fencing_token == message.fencing_token:
                         observed.append(None)
             if resync:
                 try:
@@ -181,17 +180,8 @@ class LeaderObserver:
     """
 
     def __init__(self, redis: Any, config: ElectionConfig | None = None) -> None:
-        if config is not None and not isinstance(config, ElectionConfig):
-            raise ConfigurationError(
-                f"config must be an ElectionConfig, got {type(config).__name__}"
-            )
-        self._config = config if config is not None else ElectionConfig()
-        self._timings = Timings(
-            lock_ttl=self._config.lock_ttl.total_seconds(),
-            heartbeat_interval=self._config.heartbeat_interval.total_seconds(),
-            retry_interval=self._config.retry_interval.total_seconds(),
-            renew_deadline=self._config.renew_deadline.total_seconds(),
-        )
+        self._config = config_argument(config)
+        self._timings = Timings.from_config(self._config)
         self._url: str | None
         self._client: Any
         self._url, self._client = redis_argument(redis, "LeaderObserver")
@@ -282,7 +272,7 @@ class LeaderObserver:
         if self._url is not None and self._client is not None:
             client, self._client, self._store = self._client, None, None
             with contextlib.suppress(Exception):
-                await client.aclose()
+                await close_client(client)
 
     async def __aenter__(self) -> Self:
         """Return the observer (the client connects on first use)."""

@@ -1,26 +1,23 @@
-"""The lease store: every Redis command the election sends, and every Lua script, lives here.
+"""The lease store: the boundary between the election and Redis.
 
-Each state change is one Lua script and one round trip (EVALSHA, falling back to EVAL when the
-server answers NOSCRIPT, which also caches the script again). The lock holds a random per-term
-token and is only renewed or deleted by a script that compares it, so a candidate can never extend
-or release a term that is not its own.
+:class:`Store` is what the election needs of a lease store, written as a Protocol: acquire,
+renew, release, read, and the channel's subscription. :class:`RedisStore` is its one production
+implementation (``leaderelection.testing.MemoryStore`` is the in-memory one of the tests). Each
+state change is one Lua script (:mod:`._scripts`) and one round trip (EVALSHA, falling back to
+EVAL when the server answers NOSCRIPT, which also caches the script again).
 
-Every call runs under a deadline given by the caller (``asyncio.timeout``), whatever retry policy
-the client has. Redis errors are translated into :mod:`leaderelection._exceptions` here and nowhere
-else.
+Every call runs under a deadline given by the caller and kept by the election's clock, whatever
+retry policy the client has. Redis errors are translated into :mod:`._exceptions` here and
+nowhere else.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
-import inspect
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import redis as _redis_sync
 import redis.asyncio
@@ -29,7 +26,9 @@ from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ._clock import Flag
+from ._aio import close_client
+from ._channel import ChannelHub, Hub
+from ._clock import Clock, MonotonicClock
 from ._config import ElectionConfig
 from ._exceptions import (
     ConfigurationError,
@@ -41,6 +40,7 @@ from ._exceptions import (
     WrongKeyTypeError,
 )
 from ._info import LeaderInfo
+from ._scripts import ACQUIRE, READ, RELEASE, RENEW, SHA
 
 __all__ = [
     "AcquireResult",
@@ -48,116 +48,16 @@ __all__ = [
     "Held",
     "HeldBack",
     "RedisStore",
-    "ReleaseHub",
+    "Store",
     "client_from_url",
+    "close_client",
     "redis_argument",
+    "translate",
 ]
 
 logger = logging.getLogger("leaderelection")
 
 T = TypeVar("T")
-
-# KEYS[1] lock key, KEYS[2] info key, KEYS[3] fence key
-# ARGV[1] the new term's random token
-# ARGV[2] lease length in milliseconds
-# ARGV[3] the info record as JSON without its closing brace (the script adds the fencing token)
-# ARGV[4] tokens of ours the lock may still hold, comma-separated, or "" (such a lock is taken over;
-#         an empty lock value is never ours)
-# ARGV[5] restart protection: the server uptime in seconds needed before a free lock is granted
-#         (a restarted server may have lost, or restored from an older snapshot, the lock of a
-#         leader that is still alive); 0 disables it
-# ARGV[6] "1" to refuse with READONLY when the server is a replica (checked on the first attempt,
-#         since a replica only shows it is read-only once a write is tried)
-# ARGV[7] the election's channel, on which the new term is announced ("A " and the info JSON) for
-#         observers; "" to announce nothing
-# Returns {1, fencing token (string), lease ms}         acquired
-#         {0, remaining lease ms, info JSON or false}   held by someone else
-#         {2, wait ms, server uptime s}                 held back by restart protection
-# The fencing token is max(previous + 1, server time in microseconds), kept as a Redis integer
-# string: Lua numbers are doubles and would print a 16-digit token in exponent form.
-ACQUIRE: Final = """
-if ARGV[6] == '1' and string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
-  return redis.error_reply("READONLY You can't write against a read only replica.")
-end
-local holder = redis.call('GET', KEYS[1])
-local ours = holder and holder ~= ''
-  and string.find(',' .. ARGV[4] .. ',', ',' .. holder .. ',', 1, true)
-if holder and not ours then
-  return {0, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
-end
-local need = tonumber(ARGV[5])
-if not holder and need > 0 then
-  local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
-  if uptime < need then
-    return {2, (need - uptime) * 1000, uptime}
-  end
-end
-local fence = redis.call('GET', KEYS[3])
-if fence and not tonumber(fence) then
-  return redis.error_reply('WRONGTYPE leaderelection fence key ' .. KEYS[3] .. ' is not an integer')
-end
-local t = redis.call('TIME')
-local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
-local token
-if fence and tonumber(fence) >= tonumber(now_us) then
-  redis.call('INCR', KEYS[3])
-  token = redis.call('GET', KEYS[3])
-else
-  redis.call('SET', KEYS[3], now_us)
-  token = now_us
-end
-local info = ARGV[3] .. ',"fencing_token":' .. token .. '}'
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SET', KEYS[2], info, 'PX', ARGV[2])
-if ARGV[7] ~= '' then
-  redis.pcall('PUBLISH', ARGV[7], 'A ' .. info)  -- for observers only: a refusal changes nothing
-end
-return {1, token, tonumber(ARGV[2])}
-"""
-
-# KEYS[1] lock key, KEYS[2] info key
-# ARGV[1] our term's token, ARGV[2] lease length in ms, ARGV[3] the new info record (JSON)
-# Returns 1 when the lease was extended, 0 when the lock is no longer ours.
-RENEW: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS[1] lock key, KEYS[2] info key
-# ARGV[1] tokens of ours, comma-separated, ARGV[2] the election's channel, ARGV[3] our instance id
-# Publishes "R <fencing token> <instance id>" (the token read from the info record, "0" if absent).
-# Returns 1 when the lock held one of them and is now deleted (and followers were told), 0 when
-# it held none, {3, error} when it was deleted but the server refused the PUBLISH (an ACL).
-RELEASE: Final = """
-local holder = redis.call('GET', KEYS[1])
-local ours = holder and holder ~= ''
-  and string.find(',' .. ARGV[1] .. ',', ',' .. holder .. ',', 1, true)
-if ours then
-  local info = redis.call('GET', KEYS[2])
-  local fence = info and string.match(info, '"fencing_token":(%d+)') or '0'
-  redis.call('DEL', KEYS[1], KEYS[2])
-  local published = redis.pcall('PUBLISH', ARGV[2], 'R ' .. fence .. ' ' .. ARGV[3])
-  if type(published) == 'table' and published.err then
-    return {3, published.err}
-  end
-  return 1
-end
-return 0
-"""
-
-# KEYS[1] lock key, KEYS[2] info key
-# Returns {info JSON or false, remaining lease in ms (PTTL: -2 when there is no lock)}
-READ: Final = """
-return {redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1])}
-"""
-
-_SHA: Final = {
-    src: hashlib.sha1(src.encode()).hexdigest() for src in (ACQUIRE, RENEW, RELEASE, READ)
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +84,71 @@ class HeldBack:
 
 
 AcquireResult = Acquired | Held | HeldBack
+
+
+class Store(Protocol):
+    """What an election needs of its lease store; every call is bounded by ``timeout``.
+
+    Raises (every method):
+        StoreError: a subclass naming what failed; ``StoreUnavailableError`` when the store did
+            not answer in time (the outcome of a state change is then unknown).
+    """
+
+    @property
+    def channel(self) -> str:
+        """The election's channel."""
+        ...
+
+    @property
+    def hub(self) -> Hub | None:
+        """The subscription to the channel, or None when the store cannot subscribe."""
+        ...
+
+    async def acquire(
+        self,
+        token: str,
+        info_prefix: str,
+        ttl_ms: int,
+        *,
+        unknown_tokens: tuple[str, ...],
+        min_uptime_s: int,
+        timeout: float,
+        check_role: bool = False,
+        announce: bool = True,
+    ) -> AcquireResult:
+        """Take the lock for a new term if it is free (or holds one of ``unknown_tokens``)."""
+        ...
+
+    async def renew(self, token: str, info_json: str, ttl_ms: int, *, timeout: float) -> bool:
+        """Extend the term's lease; False when the lock no longer holds ``token``."""
+        ...
+
+    async def release(
+        self,
+        tokens: tuple[str, ...],
+        instance_id: str,
+        *,
+        fencing_token: int | None = None,
+        timeout: float,
+    ) -> bool:
+        """Delete the lock if it holds one of ``tokens`` and announce it; False if it held none."""
+        ...
+
+    async def read_info(self, *, timeout: float) -> LeaderInfo | None:
+        """The leader record, or None when no one leads."""
+        ...
+
+    async def read_state(self, *, timeout: float) -> tuple[LeaderInfo | None, int]:
+        """The leader record and the lease left in ms, read at once."""
+        ...
+
+    async def request_step_down(self, instance_id: str, *, timeout: float) -> int:
+        """Ask the leader ``instance_id`` to resign; returns how many listeners heard it."""
+        ...
+
+    async def diagnose(self, *, timeout: float) -> StoreError | None:
+        """A permanent cause (credentials, permissions) behind a failed call, or None."""
+        ...
 
 
 def _text(value: object) -> str:
@@ -240,16 +205,20 @@ class RedisStore:
         info_key: str,
         fence_key: str,
         channel: str,
+        clock: Clock | None = None,
     ) -> None:
         self._client = client
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._keys = (lock_key, info_key, fence_key)
         self._channel = channel
         # An in-process fakeredis server dies with the process and cannot lose data under a live
         # leader, and it has no INFO: restart protection does not apply to it.
-        self._in_process = type(client).__module__.startswith("fakeredis")
+        self._in_process = any(c.__module__.startswith("fakeredis") for c in type(client).__mro__)
 
     @classmethod
-    def for_config(cls, client: Any, config: ElectionConfig) -> RedisStore:
+    def for_config(
+        cls, client: Any, config: ElectionConfig, clock: Clock | None = None
+    ) -> RedisStore:
         """The store of the election that ``config`` describes, on ``client``."""
         return cls(
             client,
@@ -257,6 +226,7 @@ class RedisStore:
             info_key=config.info_key,
             fence_key=config.fence_key,
             channel=config.release_channel,
+            clock=clock,
         )
 
     @property
@@ -269,9 +239,14 @@ class RedisStore:
         """The release channel."""
         return self._channel
 
+    @property
+    def hub(self) -> Hub | None:
+        """The client's channel subscription (None for a client that cannot subscribe)."""
+        return ChannelHub.for_client(self._client, translate)
+
     async def _bounded(self, what: str, timeout: float, call: Callable[[], Awaitable[T]]) -> T:
         try:
-            async with asyncio.timeout(max(timeout, 0.0)):
+            async with self._clock.timeout(max(timeout, 0.0)):
                 return await call()
         except TimeoutError as exc:
             raise StoreUnavailableError(
@@ -282,7 +257,7 @@ class RedisStore:
 
     async def _script(self, src: str, nkeys: int, *args: object) -> Any:
         try:
-            return await self._client.evalsha(_SHA[src], nkeys, *args)
+            return await self._client.evalsha(SHA[src], nkeys, *args)
         except rx.NoScriptError:
             return await self._client.eval(src, nkeys, *args)
 
@@ -333,17 +308,29 @@ class RedisStore:
         )
         return int(reply) == 1
 
-    async def release(self, tokens: tuple[str, ...], instance_id: str, *, timeout: float) -> bool:
+    async def release(
+        self,
+        tokens: tuple[str, ...],
+        instance_id: str,
+        *,
+        fencing_token: int | None = None,
+        timeout: float,
+    ) -> bool:
         """Delete the lock if it holds one of ``tokens`` and tell followers (see ``RELEASE``).
+
+        ``fencing_token`` is the released term's, announced with the release; None when the
+        releaser does not know it (an acquire whose reply was lost).
 
         Returns False when the lock held none of them.
         """
-        lock, info, _ = self._keys
         joined = ",".join(tokens)
+        fence = "" if fencing_token is None else str(fencing_token)
         reply = await self._bounded(
             "releasing the lock",
             timeout,
-            lambda: self._script(RELEASE, 2, lock, info, joined, self._channel, instance_id),
+            lambda: self._script(
+                RELEASE, 3, *self._keys, joined, self._channel, instance_id, fence
+            ),
         )
         if isinstance(reply, list):
             logger.warning(
@@ -374,7 +361,7 @@ class RedisStore:
             return None
         conn.retry = Retry(NoBackoff(), 0)
         try:
-            async with asyncio.timeout(timeout):
+            async with self._clock.timeout(timeout):
                 await conn.connect()
                 await conn.send_command("PING")
                 await conn.read_response()
@@ -452,175 +439,6 @@ def _holder_id(raw: object) -> str | None:
             "Leader info record is corrupt; ignoring it", extra={"raw": _text(raw)[:200]}
         )
         return None
-
-
-# Called with each message published on the channel, or with None after a reconnect (when a
-# message may have been missed).
-ReleaseListener = Callable[[str | None], None]
-_READ_TIMEOUT: Final = 1.0  # seconds a pub/sub read waits before the listener looks around
-
-
-class ReleaseHub:
-    """One pub/sub subscription per Redis client, shared by every election on that client.
-
-    A thousand candidates in one process then cost one connection, not a thousand. The listener
-    task lives while at least one election is subscribed; the last ``remove`` stops it and waits
-    for it. After a reconnect every listener is called, since a release may have been missed.
-    """
-
-    _hubs: ClassVar[weakref.WeakKeyDictionary[Any, ReleaseHub]] = weakref.WeakKeyDictionary()
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._listeners: dict[str, set[ReleaseListener]] = {}
-        self._active: dict[str, Flag] = {}  # set once the server confirmed the subscription
-        self._task: asyncio.Task[None] | None = None
-        self._pubsub: Any = None
-
-    @classmethod
-    def for_client(cls, client: Any) -> ReleaseHub | None:
-        """The hub of ``client``, or None when the client cannot subscribe (RedisCluster)."""
-        if not callable(getattr(client, "pubsub", None)):
-            return None
-        try:
-            hub = cls._hubs.get(client)
-        except TypeError:  # not weak-referenceable
-            return cls(client)
-        if hub is None:
-            hub = cls._hubs[client] = cls(client)
-        return hub
-
-    async def add(self, channel: str, listener: ReleaseListener) -> None:
-        """Call ``listener`` with every message published on ``channel`` (and with None after a
-        reconnect, when messages may have been missed)."""
-        listeners = self._listeners.setdefault(channel, set())
-        listeners.add(listener)
-        self._active.setdefault(channel, Flag())
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._listen(), name="leaderelection-release-listener"
-            )
-        elif len(listeners) == 1 and self._pubsub is not None:
-            with contextlib.suppress(rx.RedisError, OSError, TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._pubsub.subscribe(channel)
-
-    def is_active(self, channel: str) -> bool:
-        """Whether the server has confirmed the subscription to ``channel``."""
-        flag = self._active.get(channel)
-        return flag is not None and flag.is_set()
-
-    async def wait_active(self, channel: str, *, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the subscription to ``channel``; False if it did not come."""
-        flag = self._active.get(channel)
-        if flag is None:
-            return False
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await flag.wait()
-        return flag.is_set()
-
-    async def remove(self, channel: str, listener: ReleaseListener) -> None:
-        """Stop calling ``listener``; the last removal stops the listener task."""
-        listeners = self._listeners.get(channel)
-        if listeners is not None:
-            listeners.discard(listener)
-            if not listeners:
-                del self._listeners[channel]
-                self._active.pop(channel, None)
-                if self._pubsub is not None and self._listeners:
-                    with contextlib.suppress(rx.RedisError, OSError, TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            await self._pubsub.unsubscribe(channel)
-        if not self._listeners:
-            # The registry's value holds the client strongly: drop the entry with the last
-            # listener, or every client ever used would stay alive.
-            with contextlib.suppress(TypeError):
-                if self._hubs.get(self._client) is self:
-                    del self._hubs[self._client]
-        if not self._listeners and self._task is not None:
-            task, self._task = self._task, None
-            # redis-py can swallow a cancellation that lands inside a pub/sub read, so cancel
-            # again until the task ends; the listener also sees that no one listens any more
-            # within one read timeout.
-            for _ in range(4 * int(_READ_TIMEOUT) + 4):
-                task.cancel()
-                done, _ = await asyncio.wait({task}, timeout=0.25)
-                if done:
-                    break
-            else:
-                logger.warning("The release listener did not stop; leaving it to end on its own")
-
-    def _notify(self, channel: str, message: str | None) -> None:
-        for listener in list(self._listeners.get(channel, ())):
-            listener(message)
-
-    async def _listen(self) -> None:
-        backoff = 0.05
-        reconnect = warned = False
-        try:
-            while self._listeners:
-                pubsub = self._client.pubsub()
-                self._pubsub = pubsub
-                conn: Any = None
-                retry: Any = None
-                try:
-                    await pubsub.subscribe(*self._listeners)
-                    # A client with retries would reconnect and resubscribe inside a read without
-                    # telling us, and a release published meanwhile would be lost unnoticed: turn
-                    # retries off on this connection, so that every loss reaches the code below.
-                    conn = getattr(pubsub, "connection", None)
-                    retry = getattr(conn, "retry", None)
-                    if retry is not None:
-                        conn.retry = Retry(NoBackoff(), 0)
-                    if reconnect:
-                        for channel in list(self._listeners):
-                            self._notify(channel, None)
-                    backoff = 0.05
-                    while self._listeners:
-                        message = await pubsub.get_message(timeout=_READ_TIMEOUT)
-                        if message is None:
-                            continue
-                        channel = _text(message["channel"])
-                        if message.get("type") == "message":
-                            self._notify(channel, _text(message["data"]))
-                        elif message.get("type") == "subscribe" and channel in self._active:
-                            self._active[channel].set()
-                except (rx.RedisError, OSError) as exc:
-                    error = translate(exc, "subscribing to the release channel")
-                    if isinstance(error, StoreAuthenticationError) and not warned:
-                        warned = True
-                        logger.warning(
-                            "Release channel subscription refused (%s): followers will take over "
-                            "only when a lease expires, not at once on release",
-                            error,
-                        )
-                    else:
-                        logger.debug("Release subscription lost, reconnecting: %s", exc)
-                finally:
-                    self._pubsub = None
-                    for flag in self._active.values():
-                        flag.clear()
-                    if conn is not None and retry is not None:
-                        conn.retry = retry  # the connection goes back to the client's pool
-                    with contextlib.suppress(Exception):
-                        async with asyncio.timeout(1.0):
-                            await asyncio.shield(close_client(pubsub))
-                reconnect = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0 if warned else 2.0)
-        except asyncio.CancelledError:
-            pass
-
-
-async def close_client(client: Any) -> None:
-    """Close a redis-py asyncio client or pub/sub: ``aclose()`` where redis-py has it (5.0.1+),
-    else ``close()``; nothing for an object with neither."""
-    closer = getattr(client, "aclose", None) or getattr(client, "close", None)
-    if closer is not None:
-        result = closer()
-        if inspect.isawaitable(result):
-            await result
 
 
 def client_from_url(url: str, call_timeout: float) -> Any:

@@ -585,17 +585,17 @@ def leader_router(
         leader_id: str | None = None
         if state not in _RUNNING_STATES:
             reason = f"the election is not running (state {state})"
-        elif leader and not election.is_leader:
-            reason = "this instance is not the leader"
         else:
+            # Read on leader and follower alike, so that the body names the leader that
+            # GET /leader names.
             try:
                 info = await _read_leader(election)
             except LeaderElectionError as exc:
                 reason = f"the store could not be read: {exc}"
             else:
                 leader_id = info.instance_id if info is not None else None
-                if leader and not election.is_leader:  # the term ended during the read
-                    reason = "this instance is not the leader"
+            if leader and not election.is_leader:
+                reason = "this instance is not the leader"
         if reason is not None:
             response.status_code = 503
         stats = election.statistics()

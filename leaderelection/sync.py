@@ -60,7 +60,6 @@ import inspect
 import logging
 import math
 import os
-import secrets
 import threading
 import time
 import weakref
@@ -74,12 +73,14 @@ import anyio.to_thread
 from anyio.from_thread import BlockingPortal
 
 from . import _election
-from ._callbacks import ErrorHandler
-from ._config import ElectionConfig
-from ._election import ElectionStatistics
+from ._aio import close_client
+from ._callbacks import ErrorHandler, check_error_handler
+from ._config import ElectionConfig, config_argument, new_instance_id
+from ._core import ElectionStatistics
+from ._election import Lifecycle
 from ._exceptions import ConfigurationError, ElectionNotRunningError, LeaderElectionError
 from ._info import LeaderInfo
-from ._store import close_client
+from ._term import current_term
 
 __all__ = ["LeaderElection", "RedisFactory"]
 
@@ -92,24 +93,10 @@ election calls it on its own event loop and closes the client when it stops."""
 C = TypeVar("C", bound=Callable[[], object])
 J = TypeVar("J", bound=Callable[[threading.Event], object])
 T = TypeVar("T")
-State = Literal["new", "starting", "running", "stopping", "stopped"]
 Kind = Literal["become", "lose", "job"]
 _Role = Literal["callback", "job"]
 
 _CALL_SLACK: Final = 5.0  # seconds added to the bounded waits of a stop at interpreter exit
-
-
-class _Job:
-    """One ``while_leader`` function running in its thread for one term (loop-thread state)."""
-
-    __slots__ = ("call", "term_over", "token")
-
-    def __init__(
-        self, token: int | None, term_over: threading.Event, call: asyncio.Future[None]
-    ) -> None:
-        self.token = token  # the fencing token of the term it runs for
-        self.term_over = term_over
-        self.call = call  # the worker-thread call; done once the function returned
 
 
 class _ThreadRole(threading.local):
@@ -153,7 +140,6 @@ class LeaderElection:
         "_config",
         "_election",
         "_forked",
-        "_jobs",
         "_limiter",
         "_lock",
         "_loop",
@@ -181,10 +167,8 @@ class LeaderElection:
         on_lose_leadership: Callable[[], object] | None = None,
         on_error: ErrorHandler | None = None,
     ) -> None:
-        if config is not None and not isinstance(config, ElectionConfig):
-            raise ConfigurationError(
-                f"config must be an ElectionConfig, got {type(config).__name__}"
-            )
+        self._config = config_argument(config)
+        check_error_handler(on_error)
         if not isinstance(redis, str):
             if not isinstance(redis, type) and callable(getattr(redis, "evalsha", None)):
                 raise ConfigurationError(
@@ -199,14 +183,13 @@ class LeaderElection:
                     f"redis.asyncio.Redis, got {type(redis).__name__}"
                 )
         self._redis = redis
-        self._config = config if config is not None else ElectionConfig()
         self._on_error = on_error
         self._auto_id: tuple[int, str] | None = None  # (pid, id) when the config sets none
 
         # Guards the state and the registrations; never held while waiting for the loop.
         self._lock = threading.Lock()
         self._stop_lock = threading.Lock()  # held by the one thread running stop()
-        self._state: State = "new"
+        self._state: Lifecycle = "new"
         self._forked = False
         self._start_done = threading.Event()
         self._registrations: list[tuple[Kind, Callable[[], Awaitable[None]]]] = []
@@ -222,7 +205,6 @@ class LeaderElection:
         self._loop_thread_id: int | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._client: Any = None  # a client the factory made, closed at stop
-        self._jobs: set[_Job] = set()
         self._stop_future: concurrent.futures.Future[None] | None = None
 
         _elections.add(self)
@@ -250,7 +232,7 @@ class LeaderElection:
         with self._lock:  # one id, even when several threads ask first at once
             auto = self._auto_id
             if auto is None or auto[0] != pid:  # made before a fork: this process needs its own
-                auto = (pid, f"{self._config.hostname}-{pid}-{secrets.token_hex(4)}")
+                auto = (pid, new_instance_id(self._config))
                 self._auto_id = auto
             return auto[1]
 
@@ -284,20 +266,8 @@ class LeaderElection:
         """
         election = self._election
         if election is None:
-            return ElectionStatistics(
-                state="stopped" if self._state == "stopped" else "new",
-                instance_id=self.instance_id,
-                is_leader=False,
-                fencing_token=None,
-                terms_won=0,
-                transitions=0,
-                leader_id=None,
-                acquire_attempts=0,
-                renewals=0,
-                renew_failures=0,
-                last_renew_latency=None,
-                store_errors=0,
-                restart_protection=False,
+            return ElectionStatistics.initial(
+                self.instance_id, "stopped" if self._state == "stopped" else "new"
             )
         stats = election.statistics()
         if self._forked:
@@ -376,9 +346,11 @@ class LeaderElection:
     def resign(self) -> None:
         """Hand leadership over now and stay a candidate; nothing happens when not leading.
 
-        The term's ``while_leader`` functions are told to finish (their event is set) and
-        returned before the lock is released, so a follower takes over with no overlap; then the
-        lose callbacks run, and this instance is held back for at least ``retry_interval``.
+        The term ends as the asyncio election's does (``docs/architecture.md``): ``is_leader``
+        turns False, the ``while_leader`` functions are told to finish (their event is set) and
+        have returned before the lock is released, so a follower takes over with no overlap;
+        then the lose callbacks run, and this instance is held back for at least
+        ``retry_interval``.
         Returns once the lock is released. Called from a ``while_leader`` function, it returns
         as soon as that function's event is set, without waiting for the release, which follows
         once the function returned.
@@ -546,9 +518,10 @@ class LeaderElection:
     def stop(self) -> None:
         """Stop campaigning and release leadership if held. Idempotent; any thread.
 
-        The ``while_leader`` functions are told to finish and return while the lease is still
-        held; then the term ends (``is_leader`` False), the lock is released (a follower takes
-        over within milliseconds), the lose callbacks run, and the election's thread exits.
+        The term ends as the asyncio election's does (``docs/architecture.md``): ``is_leader``
+        turns False, the ``while_leader`` functions are told to finish and return while the
+        lease is still held in Redis, then the lock is released (a follower takes over within
+        milliseconds), the lose callbacks run, and the election's thread exits.
         Returns when all of that is done. Bounded when Redis is gone; it waits for your
         callbacks and ``while_leader`` functions to return.
 
@@ -723,18 +696,15 @@ class LeaderElection:
         async def for_the_term() -> None:
             # A task of the asyncio election, cancelled when the term ends. The function runs
             # in a thread, which cannot be cancelled: set its event, then wait for it to return,
-            # so that the lose callbacks (which wait for this task) never overlap with it.
-            assert self._election is not None
+            # so that neither the release nor the lose callbacks overlap with it.
+            term = current_term()  # the term this task was started for, even if it has ended
+            token = term.fencing_token if term is not None else None
             term_over = threading.Event()
-            token = self._election.fencing_token
             call = asyncio.ensure_future(
                 anyio.to_thread.run_sync(
                     self._run_job, func, term_over, token, limiter=self._limiter
                 )
             )
-            job = _Job(token, term_over, call)
-            self._jobs.add(job)
-            call.add_done_callback(lambda _: self._jobs.discard(job))
             try:
                 await asyncio.shield(call)
             except asyncio.CancelledError:
@@ -798,6 +768,9 @@ class LeaderElection:
             election = _election.LeaderElection(
                 target, config, on_error=self._report if self._on_error is not None else None
             )
+            # Threads cannot be cancelled: the term's end waits for them to return, as long as
+            # they take, before the release and the lose callbacks (docs/sync.md).
+            election._wait_for_user_code(math.inf)
             with self._lock:
                 for kind, wrapper in self._registrations:
                     _adder(election, kind)(wrapper)
@@ -811,7 +784,6 @@ class LeaderElection:
     async def _stop_on_loop(self) -> None:
         assert self._election is not None
         try:
-            await self._drain_jobs(None)
             await self._election.stop()
         finally:
             await self._close_client()
@@ -820,22 +792,9 @@ class LeaderElection:
         """Resign; ``token`` is the calling job's term, which must still be the current one."""
         election = self._election
         assert election is not None
-        current = election.fencing_token
-        if token is not None and token != current:
+        if token is not None and token != election.fencing_token:
             return  # the calling job's term is over already: the current one is not its own
-        if current is not None:
-            await self._drain_jobs(current)
-            if election.fencing_token != current:
-                return  # the term ended meanwhile
         await election.resign()
-
-    async def _drain_jobs(self, token: int | None) -> None:
-        """Tell the term's (``token``'s, or every) while_leader functions to finish; wait."""
-        jobs = [job for job in self._jobs if token is None or job.token == token]
-        for job in jobs:
-            job.term_over.set()
-        if jobs:
-            await asyncio.wait([job.call for job in jobs])
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None

@@ -504,6 +504,7 @@ async def test_ready_on_leader_and_follower_and_leader_only(
     assert body["ready"] is False
     assert body["reason"] == "this instance is not the leader"
     assert body["instance_id"] == follower.instance_id
+    assert body["leader_id"] == leader.instance_id  # the same leader as GET /leader names
 
 
 async def test_ready_is_503_once_the_election_stopped(factory: Callable[..., Factory]) -> None:

@@ -46,7 +46,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-import leaderelection._store as store_module
+import leaderelection._scripts as scripts_module
 from leaderelection import ElectionConfig, LeaderElection, LeaderInfo, StoreUnavailableError
 from tests.redis_harness import MakeProxy, RedisServer, TcpProxy, no_retry
 from tests.waiting import eventually
@@ -67,7 +67,7 @@ async def direct(shared_redis: RedisServer) -> AsyncIterator[redis.asyncio.Redis
     NOSCRIPT answer followed by EVAL would be two, and move the moment a reply is in flight).
     """
     client = shared_redis.client(retry=no_retry())
-    for source in store_module._SHA:  # every script the store sends
+    for source in scripts_module.SHA:  # every script the store sends
         await client.script_load(source)
     yield client
     await client.aclose()

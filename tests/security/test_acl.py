@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio
 
 from leaderelection import ElectionConfig, LeaderElection, StoreAuthenticationError
+from leaderelection._store import RedisStore
 from tests.waiting import eventually
 
 from .conftest import (
@@ -246,10 +247,19 @@ async def test_unsubscribe_is_needed_when_one_client_serves_several_elections(
         host=shared_redis.host, port=shared_redis.port, username=user, password="pw"
     )
     try:
+        hub = RedisStore.for_config(client, first).hub
+        assert hub is not None
         async with LeaderElection(client, first) as one:
             async with LeaderElection(client, second) as two:
                 assert one.is_leader
                 assert two.is_leader
+                # Both channels subscribed on the client's one connection, before two leaves.
+                await eventually(
+                    lambda: (
+                        hub.is_active(first.release_channel)
+                        and hub.is_active(second.release_channel)
+                    )
+                )
             await eventually(lambda: logged(caplog, "Release channel subscription refused"))
     finally:
         await client.aclose()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import leaderelection._config as config_module
 import leaderelection._election as election_module
 from leaderelection import LeaderElection, LeaderInfo
 
@@ -27,9 +28,11 @@ async def test_lock_token_is_the_one_secrets_made_128_bits_and_never_published(
         made.append((nbytes, value))
         return value
 
-    # The module's only use of randomness for tokens and ids; anything else it took from
-    # `secrets` would fail here with an AttributeError.
-    monkeypatch.setattr(election_module, "secrets", SimpleNamespace(token_hex=recording_token_hex))
+    # The modules' only use of randomness for tokens (the election's) and ids (the config's);
+    # anything else they took from `secrets` would fail here with an AttributeError.
+    recording = SimpleNamespace(token_hex=recording_token_hex)
+    monkeypatch.setattr(election_module, "secrets", recording)
+    monkeypatch.setattr(config_module, "secrets", recording)
     config = fast_config(name)
     watcher = shared_redis.client()
     pubsub = await subscribe_confirmed(watcher, config.release_channel)

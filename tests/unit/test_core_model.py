@@ -17,12 +17,13 @@ a small model that the machine keeps from the calls it made:
 
 The call protocol, mirrored by the rules and their preconditions:
 
-* The driver's timers fire when the clock reaches them (``the_next_event_happens``,
-  ``time_passes``), or the clock jumps past them when the event loop is blocked
-  (``the_event_loop_is_blocked``): the campaign sends an attempt at ``next_acquire_at``; an
-  attempt not answered within ``call_timeout`` fails; the heartbeat sends a renewal at
-  ``next_renew_at``, or calls ``check`` when no time is left; a renewal not answered by the end
-  of the local lease fails; the watchdog calls ``check`` at ``lease_deadline``. Each call's
+* The driver asks the core what to do (``next_action``) and does it when it is due, exactly as
+  ``_election.py``'s loop does: the driver's timers fire when the clock reaches them
+  (``the_next_event_happens``, ``time_passes``), or the clock jumps past them when the event loop
+  is blocked (``the_event_loop_is_blocked``). ``Acquire`` sends an attempt; an attempt not
+  answered within ``call_timeout`` fails; ``Renew`` sends a renewal; ``StepDown`` calls
+  ``check``; a renewal not answered by the end of the local lease fails; the watchdog calls
+  ``check`` at ``lease_deadline``. Each call's
   answer is due after a latency drawn when it is sent (possibly past its timeout), unless a rule
   delivers one earlier.
 * At most one attempt in flight, sent only while following; at most one renewal in flight, sent
@@ -95,11 +96,14 @@ from hypothesis.stateful import (
 
 from leaderelection._config import ElectionConfig
 from leaderelection._core import (
+    Acquire,
     BecameLeader,
     ElectionCore,
     LossReason,
     LostLeadership,
     Phase,
+    Renew,
+    StepDown,
     Term,
     Timings,
     Transition,
@@ -340,12 +344,15 @@ class CandidateDrivenLikeTheDriver(RuleBasedStateMachine):
         self.now += fraction_of_ttl * self.t.lock_ttl
 
     def events(self) -> list[tuple[float, str]]:
-        """What happens next, and when: the driver's armed timers and the planned answers."""
+        """What happens next, and when: the action the core names (the driver waits for it when
+        no call is in flight), the watchdog, and the planned answers."""
         events = []
         attempt, renewal = self.attempt, self.renewal
         if self.phase is Phase.FOLLOWER:
             if attempt is None:
-                events.append((self.core.next_acquire_at, "campaign"))
+                action = self.core.next_action(self.now)
+                assert isinstance(action, Acquire), action
+                events.append((action.at, "next action"))
             else:
                 events.append((attempt.times_out_at, "attempt timeout"))
                 if self.can_arrive(attempt):
@@ -353,7 +360,10 @@ class CandidateDrivenLikeTheDriver(RuleBasedStateMachine):
         elif self.phase is Phase.LEADER:
             events.append((self.core.lease_deadline, "watchdog"))
             if renewal is None:
-                events.append((self.core.next_renew_at, "heartbeat"))
+                action = self.core.next_action(self.now)
+                assert isinstance(action, Renew | StepDown), action
+                assert action.at <= self.lease_end  # 7: never due after the end of the lease
+                events.append((action.at, "next action"))
             else:
                 events.append((renewal.times_out_at, "renewal timeout"))
                 if self.can_arrive(renewal):
@@ -364,14 +374,12 @@ class CandidateDrivenLikeTheDriver(RuleBasedStateMachine):
 
     def happen(self, event: str, data: st.DataObject) -> None:
         """Let ``event`` happen, now that its time has come."""
-        if event == "campaign":
-            self.send_attempt(data)
+        if event == "next action":
+            self.act(data)
         elif event == "attempt timeout":
             self.answer_attempt(None)
         elif event == "attempt answered":
             self.planned_attempt_answer_arrives()
-        elif event == "heartbeat":
-            self.send_renewal(data)
         elif event == "renewal timeout":
             self.answer_renewal("failed")
         elif event == "renewal answered":
@@ -382,6 +390,20 @@ class CandidateDrivenLikeTheDriver(RuleBasedStateMachine):
             self.watchdog()
         else:
             raise AssertionError(f"no such event: {event}")
+
+    def act(self, data: st.DataObject) -> None:
+        """Do what ``core.next_action`` says is due now, as the driver's loop does."""
+        action = self.core.next_action(self.now)
+        assert action.at <= self.now, (action, self.now)
+        if isinstance(action, Acquire):
+            self.send_attempt(data)
+        elif isinstance(action, Renew):
+            assert self.term is not None and action.token == self.term.token
+            self.send_renewal(data)
+        else:
+            assert isinstance(action, StepDown), action
+            assert self.now >= self.lease_end  # the lease is over: the driver steps down
+            self.watchdog()
 
     def send_attempt(self, data: st.DataObject) -> None:
         assert self.now >= self.core.next_acquire_at
@@ -402,10 +424,7 @@ class CandidateDrivenLikeTheDriver(RuleBasedStateMachine):
     def send_renewal(self, data: st.DataObject) -> None:
         assert self.term is not None
         assert self.now >= self.core.next_renew_at
-        if self.now >= self.lease_end:  # no time left for a renewal: the heartbeat steps down
-            assert self.core.renew_timeout(self.now) <= 0
-            self.expect(self.core.check(self.now), self.loss(LossReason.RENEW_DEADLINE))
-            return
+        assert self.now < self.lease_end  # with no time left, next_action says StepDown
         timeout = self.core.renew_timeout(self.now)
         assert timeout == self.lease_end - self.now
         renewal = Renewal(self.term.token, self.now, times_out_at=self.lease_end)
@@ -580,17 +599,17 @@ class CandidateDrivenLikeTheDriver(RuleBasedStateMachine):
         """The process pauses (a blocked loop, SIGSTOP): the clock jumps, no timer runs."""
         self.wait(step)
 
-    @precondition(lambda self: self.phase is Phase.FOLLOWER and self.attempt is None)
+    @precondition(
+        lambda self: (
+            (self.phase is Phase.FOLLOWER and self.attempt is None)
+            or (self.phase is Phase.LEADER and self.renewal is None)
+        )
+    )
     @rule(data=st.data())
-    def the_campaign_sends_an_attempt_when_due(self, data: st.DataObject) -> None:
-        self.now = max(self.now, self.core.next_acquire_at)
-        self.send_attempt(data)
-
-    @precondition(lambda self: self.phase is Phase.LEADER and self.renewal is None)
-    @rule(data=st.data())
-    def the_heartbeat_sends_a_renewal_when_due(self, data: st.DataObject) -> None:
-        self.now = max(self.now, self.core.next_renew_at)
-        self.send_renewal(data)
+    def the_driver_does_the_next_action_when_due(self, data: st.DataObject) -> None:
+        """The driver's loop wakes when ``next_action`` is due (or later) and does it."""
+        self.now = max(self.now, self.core.next_action(self.now).at)
+        self.act(data)
 
     @precondition(lambda self: self.phase is Phase.LEADER)
     @rule()

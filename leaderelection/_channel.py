@@ -1,0 +1,307 @@
+"""The election's channel: typed messages, and one supervised subscription per Redis client.
+
+Three kinds of message travel on an election's channel, each published by a script or a command
+of the store:
+
+* ``A <leader record JSON>``: a new term began (the acquire script), for observers;
+* ``R <fencing token> <instance id>``: a term's lock was released (the release script): followers
+  try at once instead of waiting out the lease;
+* ``S <instance id>``: a request that the leader with that id resign (``leaderelection
+  step-down``).
+
+:class:`ChannelHub` keeps one pub/sub connection per client, shared by every election and
+observer on that client, so a thousand candidates in one process cost one connection. Its
+listener task is supervised: a listener that raises is reported and the others still hear every
+message; a lost connection, or anything unexpected, is logged and the subscription is made again
+with backoff, after which every listener hears :class:`Resync` (a message may have been missed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Protocol
+
+from redis import exceptions as rx
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ._aio import Flag, close_client
+from ._exceptions import StoreAuthenticationError
+
+__all__ = [
+    "Announced",
+    "ChannelHub",
+    "Hub",
+    "Listener",
+    "Message",
+    "Released",
+    "Resync",
+    "StepDownRequested",
+    "parse_message",
+]
+
+logger = logging.getLogger("leaderelection")
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """``A``: a new term began; ``record`` is the leader record as JSON."""
+
+    record: str
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """``R``: the term with ``fencing_token``, held by ``instance_id``, released its lock."""
+
+    fencing_token: int
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepDownRequested:
+    """``S``: someone asks the leader ``instance_id`` to resign."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The subscription was made again: messages may have been missed meanwhile."""
+
+
+Message = Announced | Released | StepDownRequested | Resync
+Listener = Callable[[Message], None]
+"""Called with every message on a channel; it must not block (it runs in the listener task)."""
+
+
+def parse_message(text: str) -> Message | None:
+    """The message ``text`` carries, or None for one this version does not know."""
+    kind, _, rest = text.partition(" ")
+    if kind == "A" and rest:
+        return Announced(rest)
+    if kind == "R":
+        token, _, instance_id = rest.partition(" ")
+        if token.isdigit():
+            return Released(int(token), instance_id)
+        return None
+    if kind == "S" and rest:
+        return StepDownRequested(rest)
+    return None
+
+
+class Hub(Protocol):
+    """What an election and an observer need of a channel's subscription."""
+
+    async def add(self, channel: str, listener: Listener) -> None:
+        """Call ``listener`` with every message on ``channel`` from now on."""
+        ...
+
+    async def remove(self, channel: str, listener: Listener) -> None:
+        """Stop calling ``listener``."""
+        ...
+
+    def is_active(self, channel: str) -> bool:
+        """Whether the subscription to ``channel`` is confirmed."""
+        ...
+
+    async def wait_active(self, channel: str, *, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the subscription to ``channel``; False if it did not come."""
+        ...
+
+
+def notify(listeners: set[Listener] | None, message: Message, channel: str) -> None:
+    """Call each listener with ``message``; one that raises is logged and the rest still run."""
+    for listener in list(listeners or ()):
+        try:
+            listener(message)
+        except Exception:
+            logger.exception(
+                "A listener of the channel %s raised; the other listeners still hear it", channel
+            )
+
+
+_READ_TIMEOUT: Final = 1.0  # seconds a pub/sub read waits before the listener looks around
+
+
+class ChannelHub:
+    """One pub/sub subscription per Redis client, shared by every election on that client.
+
+    The listener task lives while at least one listener is subscribed; the last ``remove`` stops
+    it and waits for it. After a reconnect every listener hears :class:`Resync`.
+    """
+
+    _hubs: ClassVar[weakref.WeakKeyDictionary[Any, ChannelHub]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, client: Any, translate: Callable[[BaseException, str], Exception]) -> None:
+        self._client = client
+        self._translate = translate  # the store's translation of redis errors
+        self._listeners: dict[str, set[Listener]] = {}
+        self._active: dict[str, Flag] = {}  # set once the server confirmed the subscription
+        self._task: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+
+    @classmethod
+    def for_client(
+        cls, client: Any, translate: Callable[[BaseException, str], Exception]
+    ) -> ChannelHub | None:
+        """The hub of ``client``, or None when the client cannot subscribe (RedisCluster).
+
+        ``translate(exc, what)`` turns a redis error into the library's own.
+        """
+        if not callable(getattr(client, "pubsub", None)):
+            return None
+        try:
+            hub = cls._hubs.get(client)
+        except TypeError:  # not weak-referenceable
+            return cls(client, translate)
+        if hub is None:
+            hub = cls._hubs[client] = cls(client, translate)
+        return hub
+
+    async def add(self, channel: str, listener: Listener) -> None:
+        """Call ``listener`` with every message published on ``channel`` (and with
+        :class:`Resync` after a reconnect, when messages may have been missed)."""
+        listeners = self._listeners.setdefault(channel, set())
+        listeners.add(listener)
+        self._active.setdefault(channel, Flag())
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._supervise(), name="leaderelection-channel-listener"
+            )
+        elif len(listeners) == 1 and self._pubsub is not None:
+            with contextlib.suppress(rx.RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._pubsub.subscribe(channel)
+
+    def is_active(self, channel: str) -> bool:
+        """Whether the server has confirmed the subscription to ``channel``."""
+        flag = self._active.get(channel)
+        return flag is not None and flag.is_set()
+
+    async def wait_active(self, channel: str, *, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the subscription to ``channel``; False if it did not come."""
+        flag = self._active.get(channel)
+        if flag is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await flag.wait()
+        return flag.is_set()
+
+    async def remove(self, channel: str, listener: Listener) -> None:
+        """Stop calling ``listener``; the last removal stops the listener task."""
+        listeners = self._listeners.get(channel)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[channel]
+                self._active.pop(channel, None)
+                if self._pubsub is not None and self._listeners:
+                    with contextlib.suppress(rx.RedisError, OSError, TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._pubsub.unsubscribe(channel)
+        if not self._listeners:
+            # The registry's value holds the client strongly: drop the entry with the last
+            # listener, or every client ever used would stay alive.
+            with contextlib.suppress(TypeError):
+                if self._hubs.get(self._client) is self:
+                    del self._hubs[self._client]
+        if not self._listeners and self._task is not None:
+            task, self._task = self._task, None
+            # redis-py can swallow a cancellation that lands inside a pub/sub read, so cancel
+            # again until the task ends; the listener also sees that no one listens any more
+            # within one read timeout.
+            for _ in range(4 * int(_READ_TIMEOUT) + 4):
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    break
+            else:
+                logger.warning("The channel listener did not stop; leaving it to end on its own")
+
+    async def _supervise(self) -> None:
+        """The listener task: subscribe, read, and on any failure subscribe again (backoff)."""
+        backoff = 0.05
+        resync = warned = False
+        try:
+            while self._listeners:
+                try:
+                    await self._listen(resync)
+                    backoff = 0.05
+                except (rx.RedisError, OSError) as exc:
+                    error = self._translate(exc, "subscribing to the release channel")
+                    if isinstance(error, StoreAuthenticationError) and not warned:
+                        warned = True
+                        logger.warning(
+                            "Release channel subscription refused (%s): followers will take over "
+                            "only when a lease expires, not at once on release",
+                            error,
+                        )
+                    else:
+                        logger.debug("Release subscription lost, reconnecting: %s", exc)
+                except Exception:
+                    logger.exception(
+                        "The channel listener failed unexpectedly; subscribing again in %.2fs",
+                        backoff,
+                    )
+                resync = True
+                if not self._listeners:
+                    break
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0 if warned else 2.0)
+        except asyncio.CancelledError:
+            pass
+
+    async def _listen(self, resync: bool) -> None:
+        pubsub = self._client.pubsub()
+        conn: Any = None
+        retry: Any = None
+        try:
+            channels = list(self._listeners)
+            await pubsub.subscribe(*channels)
+            # Published only once connected: an add() meanwhile must not subscribe on its own
+            # (redis-py would open a second connection that nobody reads).
+            self._pubsub = pubsub
+            missing = [c for c in self._listeners if c not in channels]
+            if missing:
+                await pubsub.subscribe(*missing)
+            # A client with retries would reconnect and resubscribe inside a read without telling
+            # us, and a release published meanwhile would be lost unnoticed: turn retries off on
+            # this connection, so that every loss reaches the supervisor.
+            conn = getattr(pubsub, "connection", None)
+            retry = getattr(conn, "retry", None)
+            if retry is not None:
+                conn.retry = Retry(NoBackoff(), 0)
+            if resync:
+                for channel, listeners in list(self._listeners.items()):
+                    notify(listeners, Resync(), channel)
+            while self._listeners:
+                message = await pubsub.get_message(timeout=_READ_TIMEOUT)
+                if message is None:
+                    continue
+                channel = _text(message["channel"])
+                if message.get("type") == "message":
+                    parsed = parse_message(_text(message["data"]))
+                    if parsed is not None:
+                        notify(self._listeners.get(channel), parsed, channel)
+                elif message.get("type") == "subscribe" and channel in self._active:
+                    self._active[channel].set()
+        finally:
+            self._pubsub = None
+            for flag in self._active.values():
+                flag.clear()
+            if conn is not None and retry is not None:
+                conn.retry = retry  # the connection goes back to the client's pool
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(close_client(pubsub))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

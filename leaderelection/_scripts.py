@@ -1,0 +1,121 @@
+"""The Lua scripts: every state change of an election is one of them, one round trip.
+
+Each opens with its contract: ``KEYS``, ``ARGV`` and what it returns. The lock holds a random
+per-term token and is only renewed or deleted by a script that compares it, so a candidate can
+never extend or release a term that is not its own. All keys of one election share a Redis
+Cluster hash tag, so every script touches one slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+__all__ = ["ACQUIRE", "READ", "RELEASE", "RENEW", "SHA"]
+
+# KEYS[1] lock key, KEYS[2] info key, KEYS[3] fence key
+# ARGV[1] the new term's random token
+# ARGV[2] lease length in milliseconds
+# ARGV[3] the info record as JSON without its closing brace (the script adds the fencing token)
+# ARGV[4] tokens of ours the lock may still hold, comma-separated, or "" (such a lock is taken over;
+#         an empty lock value is never ours)
+# ARGV[5] restart protection: the server uptime in seconds needed before a free lock is granted
+#         (a restarted server may have lost, or restored from an older snapshot, the lock of a
+#         leader that is still alive); 0 disables it
+# ARGV[6] "1" to refuse with READONLY when the server is a replica (checked on the first attempt,
+#         since a replica only shows it is read-only once a write is tried)
+# ARGV[7] the election's channel, on which the new term is announced ("A " and the info JSON) for
+#         observers; "" to announce nothing
+# Returns {1, fencing token (string), lease ms}         acquired
+#         {0, remaining lease ms, info JSON or false}   held by someone else
+#         {2, wait ms, server uptime s}                 held back by restart protection
+# The fencing token is max(previous + 1, server time in microseconds), kept as a Redis integer
+# string: Lua numbers are doubles and would print a 16-digit token in exponent form.
+ACQUIRE: Final = """
+if ARGV[6] == '1' and string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
+  return redis.error_reply("READONLY You can't write against a read only replica.")
+end
+local holder = redis.call('GET', KEYS[1])
+local ours = holder and holder ~= ''
+  and string.find(',' .. ARGV[4] .. ',', ',' .. holder .. ',', 1, true)
+if holder and not ours then
+  return {0, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
+end
+local need = tonumber(ARGV[5])
+if not holder and need > 0 then
+  local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
+  if uptime < need then
+    return {2, (need - uptime) * 1000, uptime}
+  end
+end
+local fence = redis.call('GET', KEYS[3])
+if fence and not tonumber(fence) then
+  return redis.error_reply('WRONGTYPE leaderelection fence key ' .. KEYS[3] .. ' is not an integer')
+end
+local t = redis.call('TIME')
+local now_us = t[1] .. string.format('%06d', tonumber(t[2]))
+local token
+if fence and tonumber(fence) >= tonumber(now_us) then
+  redis.call('INCR', KEYS[3])
+  token = redis.call('GET', KEYS[3])
+else
+  redis.call('SET', KEYS[3], now_us)
+  token = now_us
+end
+local info = ARGV[3] .. ',"fencing_token":' .. token .. '}'
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], info, 'PX', ARGV[2])
+if ARGV[7] ~= '' then
+  redis.pcall('PUBLISH', ARGV[7], 'A ' .. info)  -- for observers only: a refusal changes nothing
+end
+return {1, token, tonumber(ARGV[2])}
+"""
+
+# KEYS[1] lock key, KEYS[2] info key
+# ARGV[1] our term's token, ARGV[2] lease length in ms, ARGV[3] the new info record (JSON)
+# Returns 1 when the lease was extended, 0 when the lock is no longer ours.
+RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lock key, KEYS[2] info key, KEYS[3] fence key
+# ARGV[1] tokens of ours, comma-separated, ARGV[2] the election's channel, ARGV[3] our instance id
+# ARGV[4] the fencing token of the term released, or "" when the releaser does not know it (an
+#         acquire whose reply was lost): the fence key then holds it, since the acquire that set
+#         the lock to one of our tokens was the last to advance the fence
+# Publishes "R <fencing token> <instance id>".
+# Returns 1 when the lock held one of them and is now deleted (and followers were told), 0 when
+# it held none, {3, error} when it was deleted but the server refused the PUBLISH (an ACL).
+RELEASE: Final = """
+local holder = redis.call('GET', KEYS[1])
+local ours = holder and holder ~= ''
+  and string.find(',' .. ARGV[1] .. ',', ',' .. holder .. ',', 1, true)
+if ours then
+  local fence = ARGV[4]
+  if fence == '' then
+    fence = redis.call('GET', KEYS[3]) or '0'
+  end
+  redis.call('DEL', KEYS[1], KEYS[2])
+  local published = redis.pcall('PUBLISH', ARGV[2], 'R ' .. fence .. ' ' .. ARGV[3])
+  if type(published) == 'table' and published.err then
+    return {3, published.err}
+  end
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lock key, KEYS[2] info key
+# Returns {info JSON or false, remaining lease in ms (PTTL: -2 when there is no lock)}
+READ: Final = """
+return {redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1])}
+"""
+
+SHA: Final = {
+    src: hashlib.sha1(src.encode()).hexdigest() for src in (ACQUIRE, RENEW, RELEASE, READ)
+}
