@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from leaderelection import _demo
-from leaderelection.__main__ import main
+from leaderelection.cli import demo, main
 
 REPO = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^\[\+ *\d+\.\d ms\] ")
@@ -77,7 +76,7 @@ def test_demo_exits_1_when_the_expected_change_does_not_come(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A "crash" that cuts nothing: the leader keeps renewing and never steps down.
-    monkeypatch.setattr(_demo, "cut_connection", lambda client: None)
+    monkeypatch.setattr(demo, "cut_connection", lambda client: None)
     assert main(["demo"]) == 1
     out, err = capsys.readouterr()
     assert "FAILED:" in out

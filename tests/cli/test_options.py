@@ -20,8 +20,8 @@ from leaderelection import (
     StoreReadOnlyError,
     StoreUnavailableError,
 )
-from leaderelection.__main__ import build_parser, main
-from leaderelection._cli import (
+from leaderelection.cli import build_parser, main
+from leaderelection.cli._common import (
     DEFAULT_REDIS_URL,
     ExitCode,
     _RepeatFilter,
@@ -32,7 +32,7 @@ from leaderelection._cli import (
     report_error,
     status_of_returncode,
 )
-from leaderelection._run import command_from_args
+from leaderelection.cli.run import command_from_args
 from tests.cli.conftest import StartRun, clean_env
 from tests.redis_harness import free_port
 

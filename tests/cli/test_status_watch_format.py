@@ -8,15 +8,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from leaderelection import LeaderChange, LeaderInfo
-from leaderelection.__main__ import COMMANDS, build_parser, main
-from leaderelection._status import (
-    Status,
-    format_age,
-    format_status,
-    format_time,
-    status_json,
-)
-from leaderelection._watch import change_json, format_change
+from leaderelection.cli import COMMANDS, build_parser, main
+from leaderelection.cli._common import format_age, format_time
+from leaderelection.cli.status import Status, format_status, status_json
+from leaderelection.cli.watch import change_json, format_change
 
 AT = datetime(2026, 11, 26, 17, 1, 2, 345678, tzinfo=UTC)
 

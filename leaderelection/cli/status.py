@@ -4,8 +4,6 @@ One read of the leader record and its lease (:meth:`LeaderObserver.current_lease
 goes to stdout, as a small block for a person or, with ``--json``, as one JSON object; errors go
 to stderr as one line. Exit status: 0 when a leader exists, 3 when none, 1 when Redis failed or
 refused, 2 for usage and configuration errors.
-
-The formatting helpers here (times, ages, a leader record as JSON) are shared with ``watch``.
 """
 
 from __future__ import annotations
@@ -16,31 +14,28 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from ._cli import (
+from leaderelection import (
+    ConfigurationError,
+    ElectionConfig,
+    LeaderElectionError,
+    LeaderInfo,
+    LeaderObserver,
+)
+
+from ._common import (
     ExitCode,
     add_connection_arguments,
     add_verbosity_argument,
     config_from_args,
+    format_age,
+    format_time,
+    info_json,
     library_logging,
     redis_url_from_args,
     report_error,
 )
-from ._config import ElectionConfig
-from ._exceptions import ConfigurationError, LeaderElectionError
-from ._info import LeaderInfo
-from ._observer import LeaderObserver
 
-__all__ = [
-    "Status",
-    "add_arguments",
-    "format_age",
-    "format_status",
-    "format_time",
-    "info_json",
-    "read_status",
-    "run",
-    "status_json",
-]
+__all__ = ["Status", "add_arguments", "format_status", "read_status", "run", "status_json"]
 
 _NAME: Final = "status"
 
@@ -68,43 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- formatting
 
 
-def format_time(at: datetime) -> str:
-    """``at`` in UTC as ISO 8601 with milliseconds: ``2026-11-26T17:01:02.345Z``."""
-    utc = at.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
-def format_age(seconds: float) -> str:
-    """A duration for a person: ``0.4s``, ``12.3s``, ``4m05s``, ``2h07m``, ``3d04h``."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
-
-
 def _ago(at: datetime, now: datetime) -> str:
     seconds = (now - at).total_seconds()
     if seconds >= 0:
         return f"{format_age(seconds)} ago"
     # The leader's clock is ahead of this machine's: say so rather than print a negative age.
     return f"{format_age(-seconds)} ahead of this machine's clock"
-
-
-def info_json(info: LeaderInfo) -> dict[str, Any]:
-    """A leader record as a JSON-ready dict, with ISO 8601 UTC timestamps."""
-    return {
-        "instance_id": info.instance_id,
-        "hostname": info.hostname,
-        "pid": info.pid,
-        "fencing_token": info.fencing_token,
-        "started_at": format_time(info.started_at),
-        "last_heartbeat": format_time(info.last_heartbeat),
-        "metadata": dict(info.metadata),
-    }
 
 
 class Status:

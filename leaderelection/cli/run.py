@@ -32,13 +32,21 @@ from typing import Final
 
 import anyio
 
-from ._cli import (
+from leaderelection import (
+    ConfigurationError,
+    ElectionConfig,
+    LeaderElection,
+    LeaderElectionError,
+)
+
+from ._common import (
     ExitCode,
     add_connection_arguments,
     add_verbosity_argument,
     config_from_args,
     duration_argument,
     library_logging,
+    on_stop_signals,
     redact_url,
     redis_url_from_args,
     report_error,
@@ -46,9 +54,6 @@ from ._cli import (
     signal_name,
     status_of_returncode,
 )
-from ._config import ElectionConfig
-from ._election import LeaderElection
-from ._exceptions import ConfigurationError, LeaderElectionError
 
 __all__ = [
     "ENV_FENCING_TOKEN",
@@ -265,14 +270,8 @@ class Runner:
 
     async def main(self) -> int:
         """Campaign and supervise the command until the run is over; return the exit code."""
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, self._on_signal, signum)
-        try:
+        with on_stop_signals(self._on_signal):
             return await self._main()
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
 
     async def _main(self) -> int:
         election = self._election

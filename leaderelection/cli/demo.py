@@ -39,9 +39,9 @@ import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exceptions
 
-from ._config import ElectionConfig
-from ._election import LeaderElection
-from ._exceptions import ConfigurationError, LeaderElectionError
+from leaderelection import ConfigurationError, ElectionConfig, LeaderElection, LeaderElectionError
+
+from ._common import silence_stdout
 
 __all__ = ["DemoFailure", "add_arguments", "run"]
 
@@ -187,7 +187,7 @@ class Timeline:
             print(f"{self.prefix()} {text}", file=sys.stdout, flush=True)
         except BrokenPipeError:
             self.closed = True
-            _silence_stdout()
+            silence_stdout()
 
     def section(self, title: str) -> None:
         """Print a section heading."""
@@ -625,14 +625,6 @@ class Demo:
             f"over {handed_over[2]:.1f} ms after {failed_over[0]} resigned; 3 terms, fencing "
             "tokens strictly increasing"
         )
-
-
-def _silence_stdout() -> None:
-    """Point stdout at the null device, so that flushing it at exit does not fail again."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
 
 
 def _ms(seconds: float) -> str:

@@ -16,32 +16,35 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import sys
-from collections.abc import AsyncIterator
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from ._cli import (
+from leaderelection import (
+    ConfigurationError,
+    ElectionConfig,
+    LeaderChange,
+    LeaderElectionError,
+    LeaderObserver,
+)
+
+from ._common import (
     ExitCode,
     add_connection_arguments,
     add_verbosity_argument,
+    closing,
     config_from_args,
+    format_time,
+    info_json,
     library_logging,
+    on_stop_signals,
     redact_url,
     redis_url_from_args,
     report_error,
     say,
     signal_name,
+    silence_stdout,
 )
-from ._config import ElectionConfig
-from ._exceptions import ConfigurationError, LeaderElectionError
-from ._observer import LeaderChange, LeaderObserver
-from ._status import format_time, info_json
 
-__all__ = ["add_arguments", "change_json", "closing", "format_change", "run", "watch"]
-
-T = TypeVar("T")
+__all__ = ["add_arguments", "change_json", "format_change", "run", "watch"]
 
 _NAME: Final = "watch"
 _STOP_BOUND: Final = 5.0  # seconds to wait for the observer to close after a signal
@@ -98,18 +101,6 @@ def change_json(change: LeaderChange, election: str) -> dict[str, Any]:
     }
 
 
-@contextlib.asynccontextmanager
-async def closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
-    """Close ``stream`` (an async generator, such as ``changes()``) when the block is left, so
-    that its subscription ends at once rather than when it is garbage-collected."""
-    try:
-        yield stream
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
 class _ReaderGone(Exception):
     """The standard output was closed (``watch | head``)."""
 
@@ -118,17 +109,12 @@ def _emit(text: str) -> None:
     try:
         print(text, flush=True)
     except BrokenPipeError:
-        # Point stdout at /dev/null, so that the interpreter's last flush does not fail too.
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+        silence_stdout()
         raise _ReaderGone from None
 
 
 async def watch(url: str, config: ElectionConfig, *, as_json: bool) -> int:
     """Print the changes of leader of ``config.name`` at ``url`` until stopped; the exit code."""
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     got: list[int] = []
 
@@ -156,9 +142,7 @@ async def watch(url: str, config: ElectionConfig, *, as_json: bool) -> int:
                     _emit(format_change(change))
         return ExitCode.OK  # not reached: the stream ends only when cancelled
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
+    with on_stop_signals(on_signal):
         task = asyncio.ensure_future(follow())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -178,9 +162,6 @@ async def watch(url: str, config: ElectionConfig, *, as_json: bool) -> int:
         if isinstance(exc, LeaderElectionError):
             return report_error(_NAME, exc)
         raise exc
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
 
 
 def run(args: argparse.Namespace) -> int:

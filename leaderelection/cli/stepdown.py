@@ -22,23 +22,27 @@ import asyncio
 import sys
 from typing import Final
 
-from ._cli import (
+from leaderelection import (
+    ConfigurationError,
+    ElectionConfig,
+    LeaderElectionError,
+    LeaderInfo,
+    LeaderObserver,
+)
+
+from ._common import (
     ExitCode,
     add_connection_arguments,
     add_verbosity_argument,
+    closing,
     config_from_args,
     duration_argument,
+    format_age,
     library_logging,
     redis_url_from_args,
     report_error,
     say,
 )
-from ._config import ElectionConfig
-from ._exceptions import ConfigurationError, LeaderElectionError
-from ._info import LeaderInfo
-from ._observer import LeaderObserver
-from ._status import format_age
-from ._watch import closing
 
 __all__ = ["add_arguments", "run", "step_down"]
 

@@ -1,15 +1,21 @@
-"""Plumbing shared by the subcommands that talk to Redis: options, exit codes, errors, logging.
+"""What the subcommands share: options, exit codes, errors, logging, signals and formatting.
 
-Every such subcommand takes the same connection and election options, built from one table:
-``--redis-url`` (default ``$REDIS_URL``, else ``redis://localhost:6379/0``) and one flag per
-:class:`ElectionConfig` field (``--lock-ttl``, ``--name``, ...). A flag wins over its
+Every subcommand that talks to Redis takes the same connection and election options, built from
+one table: ``--redis-url`` (default ``$REDIS_URL``, else ``redis://localhost:6379/0``) and one
+flag per :class:`ElectionConfig` field (``--lock-ttl``, ``--name``, ...). A flag wins over its
 ``LEADER_ELECTION_*`` environment variable, which wins over the field's default. The exit codes of
 the whole command line are defined here, in :class:`ExitCode`, and documented in ``docs/cli.md``.
+
+The rest is what more than one subcommand needs, so that no subcommand imports another: one-line
+errors and status lines, the library's log on stderr, SIGINT/SIGTERM handling, a stdout whose
+reader went away, and the formatting of times, ages and leader records (``status``, ``watch``,
+``step-down``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import enum
 import logging
@@ -18,32 +24,46 @@ import signal
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
-from datetime import timedelta
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypeVar
 
 from redis.asyncio.connection import parse_url
 
-from ._config import ElectionConfig, parse_duration
-from ._exceptions import ConfigurationError, LeaderElectionError
+from leaderelection import (
+    ConfigurationError,
+    ElectionConfig,
+    LeaderElectionError,
+    LeaderInfo,
+    parse_duration,
+)
 
 __all__ = [
     "DEFAULT_REDIS_URL",
+    "STOP_SIGNALS",
     "ExitCode",
     "add_connection_arguments",
     "add_verbosity_argument",
     "check_redis_url",
+    "closing",
     "config_from_args",
     "duration_argument",
     "exit_code_for",
+    "format_age",
+    "format_time",
+    "info_json",
     "library_logging",
+    "on_stop_signals",
     "redact_url",
     "redis_url_from_args",
     "report_error",
     "say",
     "signal_name",
+    "silence_stdout",
     "status_of_returncode",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
 REDIS_URL_ENV: Final = "REDIS_URL"
@@ -253,6 +273,25 @@ def redact_url(url: str) -> str:
 # ------------------------------------------------------------------------------ signals
 
 
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def on_stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
+    """Call ``handler(signum)`` on SIGINT and SIGTERM while the block runs, in the running loop.
+
+    The handlers are the event loop's (``loop.add_signal_handler``), removed when the block is left.
+    """
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, handler, signum)
+    try:
+        yield
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
 def signal_name(signum: int) -> str:
     """``SIGTERM`` for 15, and so on."""
     try:
@@ -264,6 +303,61 @@ def signal_name(signum: int) -> str:
 def status_of_returncode(returncode: int) -> int:
     """A child's exit status as a shell reports it: its code, or 128 + N if signal N ended it."""
     return returncode if returncode >= 0 else 128 - returncode
+
+
+# ------------------------------------------------------------------------------- output
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device after its reader went away (``watch | head``), so that
+    flushing it again, at exit, does not fail too."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def format_time(at: datetime) -> str:
+    """``at`` in UTC as ISO 8601 with milliseconds: ``2026-11-26T17:01:02.345Z``."""
+    utc = at.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def format_age(seconds: float) -> str:
+    """A duration for a person: ``0.4s``, ``12.3s``, ``4m05s``, ``2h07m``, ``3d04h``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def info_json(info: LeaderInfo) -> dict[str, Any]:
+    """A leader record as a JSON-ready dict, with ISO 8601 UTC timestamps."""
+    return {
+        "instance_id": info.instance_id,
+        "hostname": info.hostname,
+        "pid": info.pid,
+        "fencing_token": info.fencing_token,
+        "started_at": format_time(info.started_at),
+        "last_heartbeat": format_time(info.last_heartbeat),
+        "metadata": dict(info.metadata),
+    }
+
+
+@contextlib.asynccontextmanager
+async def closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close ``stream`` (an async generator, such as ``changes()``) when the block is left, so
+    that its subscription ends at once rather than when it is garbage-collected."""
+    try:
+        yield stream
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 # ------------------------------------------------------------------------------ logging
