@@ -15,8 +15,6 @@ from typing import Any, Protocol
 
 import pytest
 
-from leaderelection import ElectionConfig
-
 CANDIDATE = str(Path(__file__).with_name("candidate.py"))
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -118,23 +116,6 @@ async def make_candidate() -> AsyncIterator[MakeCandidate]:
     yield make
     for candidate in made:
         await candidate.close()
-
-
-@pytest.fixture
-def name() -> str:
-    """A fresh election name."""
-    return f"it-{uuid.uuid4().hex[:8]}"
-
-
-def fast_config(name: str, **overrides: Any) -> ElectionConfig:
-    fields: dict[str, Any] = {
-        "name": name,
-        "lock_ttl": "1s",
-        "heartbeat_interval": "100ms",
-        "retry_interval": "200ms",
-    }
-    fields.update(overrides)
-    return ElectionConfig(**fields)
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from leaderelection import LeaderElection
-from tests.waiting import eventually
+from tests.support import eventually, fast_config
 
-from .conftest import MakeCandidate, fast_config
+from .conftest import MakeCandidate
 
 TTL = 1.0
 RENEW_DEADLINE = TTL * 2 / 3

@@ -23,9 +23,7 @@ from leaderelection import (
     WrongKeyTypeError,
 )
 from tests.redis_harness import RedisServer, free_port
-from tests.waiting import eventually
-
-from .conftest import fast_config
+from tests.support import eventually, fast_config
 
 
 async def test_election_and_handoff_over_urls(shared_redis: Any, name: str) -> None:
