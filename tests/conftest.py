@@ -90,13 +90,9 @@ def shared_redis(redis_server_bin: str) -> Iterator[RedisServer]:
 
     Tests on it use unique election names; tests that break a server get their own.
     """
-    server = RedisServer(binary=redis_server_bin)
-    server.start()
-    try:
+    with RedisServer(binary=redis_server_bin) as server:  # started, then closed
         server.wait_uptime_above(7, timeout=30)
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -118,13 +118,9 @@ PASSWORD = "s3cr3t:with/odd@chars%"
 def password_redis(redis_server_bin: str) -> Iterator[RedisServer]:
     """One password-protected server for the session (``requirepass``), up long enough that
     restart protection lets a 2 s lease be granted. Tests on it use unique election names."""
-    server = RedisServer(binary=redis_server_bin, password=PASSWORD)
-    server.start()
-    try:
+    with RedisServer(binary=redis_server_bin, password=PASSWORD) as server:  # started, then closed
         server.wait_uptime_above(3, timeout=30)
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(autouse=True)
