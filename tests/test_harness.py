@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 import pytest
 import redis
@@ -21,20 +21,12 @@ from tests.redis_harness import (
     no_retry,
     sync_no_retry,
 )
+from tests.support import eventually
 
 pytestmark = pytest.mark.redis
 
 HANG = 0.3  # how long a call must stay unanswered to count as hanging
 DEADLINE = 10.0  # upper bound when waiting for something that must happen
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = DEADLINE) -> None:
-    """Poll ``check`` every 10 ms until it returns True; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 async def hangs(call: Awaitable[object]) -> bool:
@@ -179,7 +171,7 @@ async def test_replica_is_read_only(make_redis_server: MakeRedisServer) -> None:
         async def replicated() -> bool:
             return await r.get("k") == b"v"
 
-        await eventually(replicated)
+        await eventually(replicated, timeout=DEADLINE)
         with pytest.raises(redis.ReadOnlyError):
             await r.set("k", "other")
 
@@ -299,7 +291,7 @@ async def test_reset_gives_connection_error(
         async def blocked() -> bool:
             return int((await direct.info("clients"))["blocked_clients"]) == 1
 
-        await eventually(blocked)
+        await eventually(blocked, timeout=DEADLINE)
         proxy.reset()
         with pytest.raises(redis.ConnectionError):
             async with asyncio.timeout(DEADLINE):
@@ -340,7 +332,7 @@ async def test_leaving_drop_replies_resets_connections_that_lost_replies(
             async def applied() -> bool:
                 return await direct.get("k") == b"v"
 
-            await eventually(applied)
+            await eventually(applied, timeout=DEADLINE)
         proxy.pass_through()
         writer.write(b"PING\r\n")
         with pytest.raises(ConnectionResetError):  # not "+PONG": the +OK was lost
@@ -396,7 +388,7 @@ async def test_drop_replies_applies_command_but_client_times_out(
         async def applied() -> bool:
             return await direct.get("k") == b"v"
 
-        await eventually(applied)
+        await eventually(applied, timeout=DEADLINE)
         proxy.pass_through()
         async with asyncio.timeout(DEADLINE):
             assert await via_proxy.get("k") == b"v"

@@ -10,19 +10,22 @@ import re
 import signal
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from tests import support
+
 T = TypeVar("T")
 
 CHILD = str(Path(__file__).with_name("child.py"))
 ROOT = str(Path(__file__).resolve().parents[2])
-# A fast election: lease 1 s, local step-down after 2/3 s without a renewal.
-FAST = ("--lock-ttl", "1s", "--heartbeat-interval", "100ms", "--retry-interval", "200ms")
+# support.FAST as options: lease 1 s, local step-down after 2/3 s without a renewal.
+FAST = tuple(
+    arg for field, value in support.FAST.items() for arg in (f"--{field.replace('_', '-')}", value)
+)
 STARTED = re.compile(r"started pid (\d+)")
 GONE = re.compile(r"pid (\d+) (exited|was ended)")
 
@@ -218,9 +221,3 @@ async def start_run() -> AsyncIterator[StartRun]:
     yield start
     for run in made:
         await run.close()
-
-
-@pytest.fixture
-def name() -> str:
-    """A fresh election name."""
-    return f"cli-{uuid.uuid4().hex[:8]}"

@@ -26,26 +26,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from leaderelection import ElectionConfig, LeaderElection
+from leaderelection import LeaderElection
 from tests.cli.conftest import FAST, StartRun, clean_env
 from tests.redis_harness import MakeProxy, RedisServer, free_port
-from tests.waiting import eventually
+from tests.support import eventually, fast_config
 
 pytestmark = pytest.mark.redis
 
 HOST = socket.gethostname()  # the hostname a `run` reports by default
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def fast_config(name: str, **overrides: Any) -> ElectionConfig:
-    """The in-process twin of the command line's FAST timings."""
-    fields: dict[str, Any] = {
-        "name": name,
-        "lock_ttl": "1s",
-        "heartbeat_interval": "100ms",
-        "retry_interval": "200ms",
-    }
-    return ElectionConfig(**{**fields, **overrides})
 
 
 @dataclass

@@ -8,11 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import fakeredis
 import pytest
 import redis
 
@@ -24,34 +21,14 @@ from leaderelection import (
     LeaderElection,
     LeaderElectionError,
 )
-from tests.waiting import eventually
+from tests.support import FAST, eventually, fast_config
 
-FAST = {"lock_ttl": "1s", "heartbeat_interval": "100ms", "retry_interval": "200ms"}
 SLOW = {"lock_ttl": "30s", "heartbeat_interval": "5s", "retry_interval": "1s"}
 
 
 @pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def config() -> ElectionConfig:
-    return ElectionConfig(name=f"e-{uuid.uuid4().hex[:8]}", **FAST)
-
-
-@pytest.fixture
-async def make_client(server: fakeredis.FakeServer) -> AsyncIterator[Callable[[], Any]]:
-    clients: list[Any] = []
-
-    def make() -> Any:
-        client = fakeredis.FakeAsyncRedis(server=server)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.aclose()
+def config(name: str) -> ElectionConfig:
+    return fast_config(name)
 
 
 async def test_entering_returns_after_the_first_attempt(

@@ -10,49 +10,22 @@ delivered in order after the one under test, or a condition with a deadline.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
-import fakeredis
 import pytest
 import redis
 
 from leaderelection import ElectionConfig, LeaderElection, LeaderInfo
-from leaderelection._store import RELEASE, RENEW, RedisStore, ReleaseHub
-from tests.waiting import eventually
+from leaderelection._scripts import RELEASE, RENEW, SHA
+from leaderelection._store import RedisStore
+from tests.support import FAST, eventually
 
-FAST = {"lock_ttl": "1s", "heartbeat_interval": "100ms", "retry_interval": "200ms"}
 # A 30 s lease and a 5 s call deadline: nothing expires and no task is cut short by a deadline.
 SLOW = {"lock_ttl": "30s", "heartbeat_interval": "5s", "retry_interval": "1s"}
-
-
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-async def make_client(server: fakeredis.FakeServer) -> AsyncIterator[Callable[[], Any]]:
-    clients: list[Any] = []
-
-    def make() -> Any:
-        client = fakeredis.FakeAsyncRedis(server=server)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.aclose()
-
-
-def script_sha(source: str) -> str:
-    """The SHA1 that EVALSHA names a script by."""
-    return hashlib.sha1(source.encode()).hexdigest()
 
 
 def _name() -> str:
@@ -76,7 +49,7 @@ async def test_a_step_down_request_naming_another_instance_is_ignored(
     client = make_client()
     config_a = ElectionConfig(name=_name(), **SLOW)
     config_c = ElectionConfig(name=_name(), **SLOW)
-    hub = ReleaseHub.for_client(client)
+    hub = RedisStore.for_config(client, config_a).hub
     assert hub is not None
     with caplog.at_level(logging.INFO, logger="leaderelection"):
         async with LeaderElection(client, config_a) as a:
@@ -120,7 +93,7 @@ async def test_a_step_down_request_naming_another_instance_is_ignored(
 def _record_releases(client: Any, events: list[str]) -> None:
     """Make ``client`` note "release-sent" in ``events`` when the release script goes out."""
     forward = client.evalsha
-    release_sha = script_sha(RELEASE)
+    release_sha = SHA[RELEASE]
 
     async def evalsha(sha: str, numkeys: int, *args: Any) -> Any:
         if sha == release_sha:
@@ -205,7 +178,7 @@ class _StuckRenewals:
         self.hanging = 0  # renewals stuck right now
         self.cancellations_ignored = 0
         self._forward = client.evalsha
-        self._renew_sha = script_sha(RENEW)
+        self._renew_sha = SHA[RENEW]
         client.evalsha = self.evalsha
 
     async def evalsha(self, sha: str, numkeys: int, *args: Any) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,10 +18,9 @@ import fakeredis
 import pytest
 
 from leaderelection import ElectionConfig, LeaderElection, LeaderObserver
-from tests.waiting import eventually
+from tests.support import FAST, eventually
 
-FAST = {"lock_ttl": "1s", "heartbeat_interval": "100ms", "retry_interval": "200ms"}
-SLOW = {"lock_ttl": "30s", "heartbeat_interval": "5s", "retry_interval": "1s"}
+SLOW = {"lock_ttl": "30s", "heartbeat_interval": "5s", "retry_interval": "1s"}  # only a release
 
 
 class ScriptedClient(fakeredis.FakeAsyncRedis):
@@ -48,17 +46,9 @@ def _kind(numkeys: int, args: tuple[Any, ...]) -> str:
 
 
 @pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def name() -> str:
-    return f"sup-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def make_client(server: fakeredis.FakeServer) -> AsyncIterator[Callable[[], Any]]:
+async def make_client() -> AsyncIterator[Callable[[], Any]]:
+    """Scripted clients of one fakeredis server, all closed at teardown."""
+    server = fakeredis.FakeServer()
     clients: list[Any] = []
 
     def make() -> Any:

@@ -23,9 +23,9 @@ import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.asyncio import Redis
 
-from leaderelection import ElectionConfig, LeaderElection, leader_only
+from leaderelection import LeaderElection, leader_only
 from tests.redis_harness import RedisServer
-from tests.waiting import eventually
+from tests.support import eventually, fast_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -49,16 +49,6 @@ metrics = load_example("metrics_aggregation")
 fencing = load_example("fencing_sqlite")
 
 
-def fast_config() -> ElectionConfig:
-    """A fresh election with a 1 s lease: restart protection on shared_redis is long over."""
-    return ElectionConfig(
-        name=f"recipes-{uuid.uuid4().hex[:8]}",
-        lock_ttl="1s",
-        heartbeat_interval="100ms",
-        retry_interval="200ms",
-    )
-
-
 @pytest.fixture
 def prefix() -> str:
     """A fresh key prefix for the application's data."""
@@ -78,9 +68,9 @@ async def data(shared_redis: RedisServer) -> AsyncIterator[Redis]:
 
 @pytest.mark.redis
 async def test_apscheduler_jobs_fire_only_in_the_leader_and_move_with_the_lead(
-    shared_redis: RedisServer,
+    shared_redis: RedisServer, name: str
 ) -> None:
-    config = fast_config()
+    config = fast_config(name)
     a, b = LeaderElection(shared_redis.url, config), LeaderElection(shared_redis.url, config)
     starts = {"a": 0, "b": 0}  # every time a scheduler started the job
     # The runs that leader_only let through: (the scheduler's term, the term at the run).
@@ -138,9 +128,9 @@ async def test_apscheduler_jobs_fire_only_in_the_leader_and_move_with_the_lead(
 
 @pytest.mark.redis
 async def test_apscheduler_example_serves_and_shuts_its_scheduler_down(
-    shared_redis: RedisServer, capsys: pytest.CaptureFixture[str]
+    shared_redis: RedisServer, name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await apscheduler_leader.serve(shared_redis.url, fast_config(), seconds=0.3, interval=0.05)
+    await apscheduler_leader.serve(shared_redis.url, fast_config(name), seconds=0.3, interval=0.05)
     out = capsys.readouterr().out
     assert "leading with fencing token" in out
     assert "scheduler started" in out
@@ -163,10 +153,10 @@ def applied_versions(db: Path) -> list[tuple[int, str, int]]:
 
 @pytest.mark.redis
 async def test_migrations_run_once_by_the_leader_while_the_others_skip(
-    shared_redis: RedisServer, tmp_path: Path
+    shared_redis: RedisServer, name: str, tmp_path: Path
 ) -> None:
     db = tmp_path / "app.sqlite3"
-    config = fast_config()
+    config = fast_config(name)
     # Hold the database's write lock: the leader's first migration waits on it, as a long
     # migration would, while the other two candidates' wait for the lead times out.
     blocker = sqlite3.connect(db, isolation_level=None)
@@ -217,10 +207,10 @@ async def test_migrations_run_once_by_the_leader_while_the_others_skip(
 
 @pytest.mark.redis
 async def test_migrations_example_starts_an_instance(
-    shared_redis: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shared_redis: RedisServer, name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "app.sqlite3"
-    config = fast_config()
+    config = fast_config(name)
     applied = await migrations.start_instance(
         shared_redis.url, config, db, timeout=5, schema_timeout=5
     )
@@ -240,9 +230,9 @@ async def test_migrations_example_starts_an_instance(
 
 @pytest.mark.redis
 async def test_cache_is_warmed_once_per_term_by_the_leader(
-    shared_redis: RedisServer, data: Redis, prefix: str
+    shared_redis: RedisServer, name: str, data: Redis, prefix: str
 ) -> None:
-    config = fast_config()
+    config = fast_config(name)
     a, b = LeaderElection(shared_redis.url, config), LeaderElection(shared_redis.url, config)
     warmed = {a.instance_id: asyncio.Event(), b.instance_id: asyncio.Event()}
     for election in (a, b):
@@ -281,9 +271,9 @@ async def test_cache_is_warmed_once_per_term_by_the_leader(
 
 @pytest.mark.redis
 async def test_a_warm_up_longer_than_the_lease_does_not_cost_the_term(
-    shared_redis: RedisServer, data: Redis, prefix: str
+    shared_redis: RedisServer, name: str, data: Redis, prefix: str
 ) -> None:
-    config = fast_config()  # lock_ttl 1 s: the lease must be renewed during the warm-up
+    config = fast_config(name)  # lock_ttl 1 s: the lease must be renewed during the warm-up
     election = LeaderElection(shared_redis.url, config)
     lost: list[int] = []
     election.on_lose_leadership(lambda: lost.append(1))
@@ -309,10 +299,10 @@ async def test_a_warm_up_longer_than_the_lease_does_not_cost_the_term(
 
 @pytest.mark.redis
 async def test_cache_warming_example_serves(
-    shared_redis: RedisServer, prefix: str, capsys: pytest.CaptureFixture[str]
+    shared_redis: RedisServer, name: str, prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await cache_warming.serve(
-        shared_redis.url, fast_config(), seconds=0.3, prefix=prefix, batch_delay=0
+        shared_redis.url, fast_config(name), seconds=0.3, prefix=prefix, batch_delay=0
     )
     out = capsys.readouterr().out
     assert "leading" in out
@@ -326,9 +316,9 @@ async def test_cache_warming_example_serves(
 
 @pytest.mark.redis
 async def test_only_the_leader_aggregates_and_its_loop_ends_with_the_term(
-    shared_redis: RedisServer, data: Redis, prefix: str
+    shared_redis: RedisServer, name: str, data: Redis, prefix: str
 ) -> None:
-    config = fast_config()
+    config = fast_config(name)
     a, b = LeaderElection(shared_redis.url, config), LeaderElection(shared_redis.url, config)
     loop_a = metrics.aggregate_while_leading(a, data, prefix, interval=0.02)
     loop_b = metrics.aggregate_while_leading(b, data, prefix, interval=0.02)
@@ -376,9 +366,11 @@ async def test_only_the_leader_aggregates_and_its_loop_ends_with_the_term(
 
 @pytest.mark.redis
 async def test_metrics_example_serves(
-    shared_redis: RedisServer, prefix: str, capsys: pytest.CaptureFixture[str]
+    shared_redis: RedisServer, name: str, prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await metrics.serve(shared_redis.url, fast_config(), seconds=0.3, interval=0.05, prefix=prefix)
+    await metrics.serve(
+        shared_redis.url, fast_config(name), seconds=0.3, interval=0.05, prefix=prefix
+    )
     out = capsys.readouterr().out
     assert "aggregating every 0.05s" in out
     assert "aggregation loop stopped" in out
@@ -406,10 +398,10 @@ def test_the_fence_takes_the_same_or_a_newer_token_and_refuses_an_older_one(
 
 @pytest.mark.redis
 async def test_fencing_rejects_the_late_write_of_a_replaced_leader(
-    shared_redis: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shared_redis: RedisServer, name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "fence.sqlite3"
-    outcome = await fencing.scenario(shared_redis.url, fast_config(), db)
+    outcome = await fencing.scenario(shared_redis.url, fast_config(name), db)
     assert outcome.token_b > outcome.token_a
     assert isinstance(outcome.rejected, fencing.StaleLeaderError)
     assert str(outcome.token_a) in str(outcome.rejected)
@@ -427,9 +419,9 @@ async def test_fencing_rejects_the_late_write_of_a_replaced_leader(
 
 @pytest.mark.redis
 async def test_fencing_example_main_uses_a_temporary_database(
-    shared_redis: RedisServer, capsys: pytest.CaptureFixture[str]
+    shared_redis: RedisServer, name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    outcome = await fencing.main(shared_redis.url, fast_config(), None)
+    outcome = await fencing.main(shared_redis.url, fast_config(name), None)
     assert outcome.final == (250, outcome.token_b)
     out = capsys.readouterr().out
     assert out.count("accepted") == 3

@@ -14,12 +14,10 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import fakeredis
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -44,9 +42,8 @@ from leaderelection.fastapi import (
     leader_router,
 )
 from tests.redis_harness import free_port
-from tests.waiting import eventually
+from tests.support import CROWDED, eventually
 
-TIMINGS = {"lock_ttl": "2s", "heartbeat_interval": "500ms", "retry_interval": "200ms"}
 URL_A = "http://10.0.0.5:8000"
 URL_B = "http://10.0.0.6:8000"
 
@@ -54,30 +51,9 @@ URL_B = "http://10.0.0.6:8000"
 # ----------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture
-def name() -> str:
-    return f"fastapi-{uuid.uuid4().hex[:8]}"
-
-
 def make_config(name: str, url: str | None = None, **extra: Any) -> ElectionConfig:
     metadata = {LEADER_URL_KEY: url} if url is not None else {}
-    return ElectionConfig(name=name, metadata=metadata, **{**TIMINGS, **extra})
-
-
-@pytest.fixture
-async def make_client() -> AsyncIterator[Callable[[], Any]]:
-    """Clients of one fakeredis server (with Lua), all closed at teardown."""
-    server = fakeredis.FakeServer()
-    clients: list[Any] = []
-
-    def make() -> Any:
-        client = fakeredis.FakeAsyncRedis(server=server)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.aclose()
+    return ElectionConfig(name=name, metadata=metadata, **{**CROWDED, **extra})
 
 
 class Factory:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -14,8 +15,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-
-from leaderelection import ElectionConfig
 
 CANDIDATE = str(Path(__file__).with_name("candidate.py"))
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -62,6 +61,29 @@ class Candidate:
         """The last local lease deadline the candidate reported."""
         return max(r["until"] for r in self.events if r["event"] in ("became", "lease"))
 
+    def terms(self) -> list[tuple[float, float]]:
+        """The candidate's terms so far, as ``(start, end)`` monotonic times.
+
+        A term starts at its ``became`` and ends at the earlier of its ``lost`` and the last lease
+        deadline it reported: ``is_leader`` reads the clock, so a paused or killed process stops
+        leading at that deadline without saying so. A term still running ends, so far, at its
+        last deadline.
+        """
+        terms: list[tuple[float, float]] = []
+        start: float | None = None
+        end = 0.0
+        for record in self.events:
+            if record["event"] == "became":
+                start, end = record["t"], record["until"]
+            elif start is not None and record["event"] == "lease":
+                end = max(end, record["until"])
+            elif start is not None and record["event"] == "lost":
+                terms.append((start, min(end, record["t"])))
+                start = None
+        if start is not None:
+            terms.append((start, end))
+        return terms
+
     async def send(self, command: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(command.encode() + b"\n")
@@ -79,6 +101,14 @@ class Candidate:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+def assert_one_leader_at_a_time(*candidates: Candidate) -> None:
+    """No two terms in the candidates' whole recorded history overlap (guarantee 3)."""
+    terms = sorted((start, end, c.instance_id) for c in candidates for start, end in c.terms())
+    assert terms, "no candidate led"
+    for (_, end, earlier), (start, _, later) in itertools.pairwise(terms):
+        assert end <= start, f"{earlier} led until {end:.6f}, {later} from {start:.6f}"
 
 
 class MakeCandidate(Protocol):
@@ -118,23 +148,6 @@ async def make_candidate() -> AsyncIterator[MakeCandidate]:
     yield make
     for candidate in made:
         await candidate.close()
-
-
-@pytest.fixture
-def name() -> str:
-    """A fresh election name."""
-    return f"it-{uuid.uuid4().hex[:8]}"
-
-
-def fast_config(name: str, **overrides: Any) -> ElectionConfig:
-    fields: dict[str, Any] = {
-        "name": name,
-        "lock_ttl": "1s",
-        "heartbeat_interval": "100ms",
-        "retry_interval": "200ms",
-    }
-    fields.update(overrides)
-    return ElectionConfig(**fields)
 
 
 @pytest.fixture

@@ -49,9 +49,7 @@ import redis.asyncio
 import leaderelection._scripts as scripts_module
 from leaderelection import ElectionConfig, LeaderElection, LeaderInfo, StoreUnavailableError
 from tests.redis_harness import MakeProxy, RedisServer, TcpProxy, no_retry
-from tests.waiting import eventually
-
-from .conftest import fast_config
+from tests.support import eventually, fast_config
 
 ClientKind = str  # "pooled" or "single"
 

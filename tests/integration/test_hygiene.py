@@ -46,8 +46,7 @@ import redis.asyncio
 
 from leaderelection import ElectionConfig, LeaderElection
 from tests.redis_harness import RedisServer, no_retry
-
-from .conftest import fast_config
+from tests.support import fast_config
 
 CYCLES = 1000
 WARMUP = 200

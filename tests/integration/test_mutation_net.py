@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 
 from leaderelection import LeaderElection
-from tests.waiting import eventually
-
-from .conftest import fast_config
+from tests.support import eventually, fast_config
 
 
 async def test_a_brand_new_server_holds_the_first_election_back(

@@ -16,8 +16,7 @@ from leaderelection import (
     LeaderObserver,
 )
 from leaderelection._store import RedisStore
-
-from .conftest import fast_config
+from tests.support import fast_config
 
 
 class Recorder:

@@ -6,8 +6,7 @@ import asyncio
 from typing import Any
 
 from leaderelection import LeaderElection
-
-from .conftest import fast_config
+from tests.support import fast_config
 
 
 async def _connected_clients(server: Any) -> int:

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from leaderelection import ElectionConfig
+from leaderelection import ElectionConfig, LeaderElection
 from tests.redis_harness import RedisServer, TlsFiles
+from tests.support import fast_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -88,27 +89,25 @@ def logged(caplog: pytest.LogCaptureFixture, *fragments: str) -> bool:
     )
 
 
-def fast_config(name: str, **overrides: Any) -> ElectionConfig:
-    fields: dict[str, Any] = {
-        "name": name,
-        "lock_ttl": "1s",
-        "heartbeat_interval": "100ms",
-        "retry_interval": "200ms",
-    }
-    fields.update(overrides)
-    return ElectionConfig(**fields)
-
-
 def roomy_config(name: str) -> ElectionConfig:
     """Timings with room for slow connections (a TLS handshake, through a proxy, on a busy
     machine): every Redis call gets 0.6 s instead of 0.1 s. Needs a server up for 4 s."""
     return fast_config(name, lock_ttl="2s", heartbeat_interval="600ms", retry_interval="300ms")
 
 
-@pytest.fixture
-def name() -> str:
-    """A fresh election name."""
-    return f"sec-{uuid.uuid4().hex[:8]}"
+async def run_election_pair(url: str, caller_client: Any, name: str) -> None:
+    """Two candidates, one on the URL and one on a caller's client: leadership, renewals, a
+    handoff through the release channel, leader-info reads, stop."""
+    config = roomy_config(name)
+    async with LeaderElection(url, config) as a, LeaderElection(caller_client, config) as b:
+        leader, follower = (a, b) if a.is_leader else (b, a)
+        assert leader.is_leader
+        assert await follower.get_leader_id() == leader.instance_id
+        await leader.resign()
+        await follower.wait_until_leader(timeout=5)
+        assert await leader.get_leader_id() == follower.instance_id
+        assert a.statistics().store_errors == 0
+        assert b.statistics().store_errors == 0
 
 
 # A password that must be quoted in a URL.
@@ -119,13 +118,9 @@ PASSWORD = "s3cr3t:with/odd@chars%"
 def password_redis(redis_server_bin: str) -> Iterator[RedisServer]:
     """One password-protected server for the session (``requirepass``), up long enough that
     restart protection lets a 2 s lease be granted. Tests on it use unique election names."""
-    server = RedisServer(binary=redis_server_bin, password=PASSWORD)
-    server.start()
-    try:
+    with RedisServer(binary=redis_server_bin, password=PASSWORD) as server:  # started, then closed
         server.wait_uptime_above(3, timeout=30)
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(autouse=True)

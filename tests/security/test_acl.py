@@ -22,13 +22,12 @@ import redis.asyncio
 
 from leaderelection import ElectionConfig, LeaderElection, StoreAuthenticationError
 from leaderelection._store import RedisStore
-from tests.waiting import eventually
+from tests.support import eventually, fast_config
 
 from .conftest import (
     ACL_COMMANDS,
     acl_denials,
     acl_rules,
-    fast_config,
     glob_escape,
     logged,
     set_acl_user,

@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from typing import Any
 
 import pytest
 import redis.asyncio
 
 from leaderelection import ConfigurationError, LeaderElection, StoreAuthenticationError
 from tests.redis_harness import RedisServer, free_port
+from tests.support import fast_config
 
-from .conftest import PASSWORD, acl_rules, fast_config, roomy_config, set_acl_user
-
-
-async def run_pair(url: str, caller_client: Any, name: str) -> None:
-    config = roomy_config(name)
-    async with LeaderElection(url, config) as a, LeaderElection(caller_client, config) as b:
-        leader, follower = (a, b) if a.is_leader else (b, a)
-        assert leader.is_leader
-        assert await follower.get_leader_id() == leader.instance_id
-        await leader.resign()
-        await follower.wait_until_leader(timeout=5)
-        assert a.statistics().store_errors == 0
-        assert b.statistics().store_errors == 0
+from .conftest import PASSWORD, acl_rules, roomy_config, run_election_pair, set_acl_user
 
 
 async def test_requirepass_via_url_and_via_a_caller_built_client(
@@ -46,7 +34,7 @@ async def test_requirepass_via_url_and_via_a_caller_built_client(
         host=password_redis.host, port=password_redis.port, password=PASSWORD
     )
     try:
-        await run_pair(url, caller_client, name)
+        await run_election_pair(url, caller_client, name)
     finally:
         await caller_client.aclose()
 
@@ -64,7 +52,7 @@ async def test_acl_user_and_password_in_the_url(shared_redis: RedisServer, name:
         host=shared_redis.host, port=shared_redis.port, username=user, password=PASSWORD
     )
     try:
-        await run_pair(url, caller_client, name)
+        await run_election_pair(url, caller_client, name)
     finally:
         await caller_client.aclose()
 

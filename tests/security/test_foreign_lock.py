@@ -19,8 +19,9 @@ import pytest
 
 from leaderelection import ElectionConfig, LeaderElection
 from leaderelection._store import Acquired, RedisStore
+from tests.support import fast_config
 
-from .conftest import fast_config, messages_until_sentinel, subscribe_confirmed
+from .conftest import messages_until_sentinel, subscribe_confirmed
 
 THEIR_TTL_MS = 30_000
 OUR_TTL_MS = 600_000  # a renewal that went through would push the lease far above THEIR_TTL_MS

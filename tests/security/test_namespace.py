@@ -26,9 +26,9 @@ import pytest
 from redis import exceptions as rx
 
 from leaderelection import ElectionConfig, LeaderElection, LeaderInfo
-from tests.waiting import eventually
+from tests.support import eventually, fast_config
 
-from .conftest import ACL_COMMANDS, fast_config
+from .conftest import ACL_COMMANDS
 
 # Commands without key arguments, as far as this test meets them (COMMAND GETKEYS refuses them).
 KEYLESS = {"info", "time", "ping", "echo", "hello", "auth", "client", "select"}

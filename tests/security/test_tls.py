@@ -23,23 +23,7 @@ import redis.asyncio
 from leaderelection import LeaderElection
 from tests.redis_harness import RedisServer, TlsFiles, TlsProxy, TlsUnsupportedError
 
-from .conftest import PASSWORD, logged, roomy_config, server_context
-
-
-async def run_election_pair(url: str, caller_client: Any, name: str) -> None:
-    """Two candidates, one on the URL and one on a caller's client: leadership, renewals, a
-    handoff through the release channel, leader-info reads, stop."""
-    config = roomy_config(name)
-    async with LeaderElection(url, config) as a, LeaderElection(caller_client, config) as b:
-        leader, follower = (a, b) if a.is_leader else (b, a)
-        assert leader.is_leader
-        assert await follower.get_leader_id() == leader.instance_id
-        await leader.resign()
-        await follower.wait_until_leader(timeout=5)
-        assert await leader.get_leader_id() == follower.instance_id
-        assert a.statistics().store_errors == 0
-        assert b.statistics().store_errors == 0
-
+from .conftest import PASSWORD, logged, roomy_config, run_election_pair, server_context
 
 # -- native TLS -----------------------------------------------------------------------------
 

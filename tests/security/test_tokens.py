@@ -12,8 +12,9 @@ import pytest
 import leaderelection._config as config_module
 import leaderelection._election as election_module
 from leaderelection import LeaderElection, LeaderInfo
+from tests.support import fast_config
 
-from .conftest import fast_config, messages_until_sentinel, subscribe_confirmed
+from .conftest import messages_until_sentinel, subscribe_confirmed
 
 TERMS = 4
 

@@ -4,19 +4,17 @@ ended before its thread began: its ``resign()`` never ends a later term."""
 from __future__ import annotations
 
 import threading
-import uuid
 
 import fakeredis
 
 from leaderelection import ElectionConfig
 from leaderelection.sync import LeaderElection
+from tests.support import CROWDED
 
-FAST = {"lock_ttl": "2s", "heartbeat_interval": "500ms", "retry_interval": "200ms"}
 
-
-def test_a_job_whose_term_ended_before_it_started_cannot_resign_a_later_term() -> None:
+def test_a_job_whose_term_ended_before_it_started_cannot_resign_a_later_term(name: str) -> None:
     server = fakeredis.FakeServer()
-    config = ElectionConfig(name=f"sync-{uuid.uuid4().hex[:10]}", **FAST)
+    config = ElectionConfig(name=name, **CROWDED)
     election = LeaderElection(lambda: fakeredis.FakeAsyncRedis(server=server), config)
     go, stale_returned, second_started = threading.Event(), threading.Event(), threading.Event()
     term_events: list[threading.Event] = []

@@ -264,17 +264,27 @@ def test_stop_ends_the_term_and_the_campaign() -> None:
 
 def test_terms_are_numbered_and_never_resume() -> None:
     c = core()
-    tokens = []
+    won_terms = []
     now = 0.0
     for i in range(5):
         (won,) = c.acquired(sent_at=now, now=now, token=f"t{i}", fencing_token=100 + i)
         assert isinstance(won, BecameLeader)
-        tokens.append(won.term.fencing_token)
-        assert won.term.number == i + 1
+        assert won.term is c.term
+        won_terms.append(won.term)
         now += 1.0
         (lost,) = c.check(now + 10)
         assert isinstance(lost, LostLeadership)
         assert lost.term is won.term
+        # The ended term's renewal succeeds late, then the store says it is lost: neither
+        # revives the term or ends it a second time.
+        assert c.renewed(token=f"t{i}", sent_at=now, now=now + 10.5) == []
+        assert c.renew_lost(token=f"t{i}", now=now + 10.5) == []
+        assert c.phase is Phase.FOLLOWER
+        assert not c.is_leader(now + 10.5)
         now += 11
-    assert tokens == sorted(tokens)
+    # Each term is the store's grant as the core reported it: numbered in order, with the token
+    # and the fencing token of the acquire that won it.
+    assert [(t.number, t.token, t.fencing_token) for t in won_terms] == [
+        (i + 1, f"t{i}", 100 + i) for i in range(5)
+    ]
     assert c.terms_won == 5
