@@ -32,7 +32,7 @@ from ._exceptions import (
 from ._info import LeaderInfo
 from ._leader_only import leader_only
 from ._observer import LeaderChange, LeaderObserver
-from ._protocol import ElectionProtocol
+from ._protocol import ElectionProtocol, SyncElectionProtocol
 
 __all__ = [
     "Clock",
@@ -53,6 +53,7 @@ __all__ = [
     "StoreError",
     "StoreReadOnlyError",
     "StoreUnavailableError",
+    "SyncElectionProtocol",
     "WrongKeyTypeError",
     "leader_only",
     "parse_duration",

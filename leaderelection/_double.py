@@ -37,8 +37,9 @@ from ._info import LeaderInfo
 from ._observer import LeaderChange
 
 if TYPE_CHECKING:
+    from . import sync
     from ._election import LeaderElection
-    from ._protocol import ElectionProtocol
+    from ._protocol import ElectionProtocol, SyncElectionProtocol
 
 __all__ = ["FakeElectionGroup", "FakeLeaderElection", "FakeSyncLeaderElection"]
 
@@ -1451,4 +1452,9 @@ async def _wait_first(*events: asyncio.Event) -> None:
 if TYPE_CHECKING:
     # The double and the real election offer the same surface (checked by mypy).
     def _conforms(real: LeaderElection, fake: FakeLeaderElection) -> list[ElectionProtocol]:
+        return [real, fake]
+
+    def _conforms_sync(
+        real: sync.LeaderElection, fake: FakeSyncLeaderElection
+    ) -> list[SyncElectionProtocol]:
         return [real, fake]

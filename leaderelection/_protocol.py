@@ -1,13 +1,15 @@
-"""ElectionProtocol: the public surface of ``LeaderElection``, as a type.
+"""ElectionProtocol and SyncElectionProtocol: the public surfaces of the elections, as types.
 
 Code that only needs what an election offers (the FastAPI integration, an app's own helpers) can
-accept an ``ElectionProtocol`` and so take the real election or the test double of
+accept an ``ElectionProtocol`` (or, for ``leaderelection.sync.LeaderElection``, a
+``SyncElectionProtocol``) and so take the real election or the test double of
 ``leaderelection.testing`` alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
@@ -17,9 +19,11 @@ from ._election import ElectionStatistics
 from ._info import LeaderInfo
 from ._observer import LeaderChange
 
-__all__ = ["ElectionProtocol"]
+__all__ = ["ElectionProtocol", "SyncElectionProtocol"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C", bound=Callable[[], object])
+J = TypeVar("J", bound=Callable[[threading.Event], object])
 
 
 @runtime_checkable
@@ -109,6 +113,94 @@ class ElectionProtocol(Protocol):
         ...
 
     async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop."""
+        ...
+
+
+@runtime_checkable
+class SyncElectionProtocol(Protocol):
+    """What :class:`leaderelection.sync.LeaderElection` offers, for code that also takes a test
+    double.
+
+    ``leaderelection.sync.LeaderElection`` and ``leaderelection.testing.FakeSyncLeaderElection``
+    both provide it (``async_election``, which only the real one has, is left out). It is
+    runtime-checkable, as :class:`ElectionProtocol` is.
+    """
+
+    @property
+    def config(self) -> ElectionConfig:
+        """The election's configuration."""
+        ...
+
+    @property
+    def instance_id(self) -> str:
+        """This candidate's id."""
+        ...
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this instance leads."""
+        ...
+
+    @property
+    def fencing_token(self) -> int | None:
+        """The current term's fencing token while leading, else None."""
+        ...
+
+    def statistics(self) -> ElectionStatistics:
+        """An immutable snapshot of the election's state and counters."""
+        ...
+
+    def get_leader_info(self) -> LeaderInfo | None:
+        """Who leads, as stored; None when no one does."""
+        ...
+
+    def get_leader_id(self) -> str | None:
+        """The leader's instance id; None when no one leads."""
+        ...
+
+    def wait_until_leader(self, timeout: float | None = None) -> None:
+        """Block until this instance leads."""
+        ...
+
+    def wait_until_follower(self, timeout: float | None = None) -> None:
+        """Block until this instance does not lead."""
+        ...
+
+    def on_become_leader(self, callback: C) -> C:
+        """Register a function run in a worker thread when a term starts."""
+        ...
+
+    def on_lose_leadership(self, callback: C) -> C:
+        """Register a function run in a worker thread when a term ends."""
+        ...
+
+    def while_leader(self, func: J) -> J:
+        """Register a function run in a thread of its own for the length of every term."""
+        ...
+
+    def start(self) -> None:
+        """Start campaigning."""
+        ...
+
+    def stop(self) -> None:
+        """Stop campaigning and release leadership if held."""
+        ...
+
+    def resign(self) -> None:
+        """Hand leadership over now and stay a candidate."""
+        ...
+
+    def __enter__(self) -> Self:
+        """Start, and return the election."""
+        ...
+
+    def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
