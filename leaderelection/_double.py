@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar
 
+import anyio
+
 from ._callbacks import Callback, CallbackList, ErrorHandler, LeaderTask, report
 from ._config import ElectionConfig
 from ._election import ElectionStatistics
@@ -396,11 +398,12 @@ def _log_end(config: ElectionConfig, instance_id: str, token: int, reason: Reaso
 
 @dataclass(eq=False)
 class _Term:
-    """One term of an asyncio double: its token, its record and its ``while_leader`` tasks."""
+    """One term of an asyncio double: its token, its record and its ``while_leader`` tasks, each
+    run in a cancel scope that the end of the term cancels."""
 
     token: int
     record: LeaderInfo
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: list[tuple[asyncio.Task[None], anyio.CancelScope]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -811,15 +814,20 @@ class FakeLeaderElection:
             )
 
     def _start_task(self, func: LeaderTask, term: _Term) -> None:
+        scope = anyio.CancelScope()
         task = asyncio.get_running_loop().create_task(
-            self._run_task(func, term), name=f"while_leader:{getattr(func, '__name__', func)}"
+            self._run_task(func, term, scope),
+            name=f"while_leader:{getattr(func, '__name__', func)}",
         )
-        term.tasks.append(task)
+        term.tasks.append((task, scope))
 
-    async def _run_task(self, func: LeaderTask, term: _Term) -> None:
+    async def _run_task(self, func: LeaderTask, term: _Term, scope: anyio.CancelScope) -> None:
+        # In a cancel scope, as the real election runs it: once the term ended, every await in
+        # the task's cleanup is cancelled too, unless shielded (anyio.CancelScope(shield=True)).
         context = _context(self._config, self._instance_id, "while_leader", func, term.token)
         try:
-            await func()
+            with scope:
+                await func()
         except Exception as exc:
             report(exc, context, self._on_error)
         except asyncio.CancelledError as exc:
@@ -836,8 +844,8 @@ class FakeLeaderElection:
         self._counters.transitions += 1
         self._leader_event.clear()
         self._follower_event.set()
-        for task in term.tasks:
-            task.cancel()
+        for _, scope in term.tasks:
+            scope.cancel()
         self._group._release(self)
         _log_end(self._config, self._instance_id, term.token, reason)
         return self._enqueue("lose", term)
@@ -864,7 +872,7 @@ class FakeLeaderElection:
                 item = self._queue[0]
                 try:
                     if item.kind == "lose":
-                        running = [task for task in item.term.tasks if not task.done()]
+                        running = [task for task, _ in item.term.tasks if not task.done()]
                         if running:
                             await asyncio.wait(running)
                     callbacks = self._become if item.kind == "become" else self._lose
