@@ -1,6 +1,7 @@
 """Conformance: the same scenarios, run against the real LeaderElection (on an in-process
 fakeredis server, real clock, short timings) and against FakeLeaderElection, must record the same
-history on the shared surface.
+history on the shared surface; likewise leaderelection.sync.LeaderElection and
+FakeSyncLeaderElection.
 
 Only the way a term starts and ends differs, through a driver: the real election wins a free lock
 and loses its lease when the test takes its lock; the double is told so with ``elect()`` and
@@ -13,6 +14,7 @@ Every wait is on an event, a control or ``wait_until_*`` with a deadline; nothin
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -26,8 +28,14 @@ from leaderelection import (
     ElectionNotRunningError,
     ElectionProtocol,
     LeaderElection,
+    SyncElectionProtocol,
 )
-from leaderelection.testing import FakeElectionGroup, FakeLeaderElection
+from leaderelection import sync as real_sync
+from leaderelection.testing import (
+    FakeElectionGroup,
+    FakeLeaderElection,
+    FakeSyncLeaderElection,
+)
 from tests.testing.recorder import Recorder
 
 FAST = {"lock_ttl": "1s", "heartbeat_interval": "100ms", "retry_interval": "200ms"}
@@ -293,3 +301,125 @@ async def test_two_candidates_hand_over_the_same_way(driver: Driver) -> None:
         "a:lose-1",
         "a:lose-2",
     ]
+
+
+# --------------------------------------------------------------------------- the sync election
+
+
+class ThreadLog:
+    """A thread-safe event log that the test thread can wait on."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self._changed = threading.Condition()
+
+    def add(self, *event: Any) -> None:
+        with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    def count(self, name: str) -> int:
+        return sum(1 for e in self.events if e[0] == name)
+
+    def wait_for(self, name: str, n: int) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: self.count(name) >= n, WAIT), self.events
+
+
+class SyncDriver(Protocol):
+    def make(self) -> SyncElectionProtocol: ...
+    def lead(self, election: SyncElectionProtocol) -> None: ...
+    def lose_lease(self, election: SyncElectionProtocol) -> None: ...
+
+
+class RealSyncDriver:
+    def __init__(self, name: str) -> None:
+        self.server = fakeredis.FakeServer()
+        self.name = name
+
+    def make(self) -> SyncElectionProtocol:
+        config = ElectionConfig(name=self.name, instance_id="a", **FAST)
+        return real_sync.LeaderElection(
+            lambda: fakeredis.FakeAsyncRedis(server=self.server), config
+        )
+
+    def lead(self, election: SyncElectionProtocol) -> None:
+        election.wait_until_leader(timeout=WAIT)
+
+    def lose_lease(self, election: SyncElectionProtocol) -> None:
+        with fakeredis.FakeRedis(server=self.server) as client:
+            client.set(election.config.lock_key, "someone-else", px=300)
+        election.wait_until_follower(timeout=WAIT)
+
+
+class FakeSyncDriver:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def make(self) -> SyncElectionProtocol:
+        return FakeSyncLeaderElection(ElectionConfig(name=self.name, instance_id="a", **FAST))
+
+    def lead(self, election: SyncElectionProtocol) -> None:
+        assert isinstance(election, FakeSyncLeaderElection)
+        election.elect()
+
+    def lose_lease(self, election: SyncElectionProtocol) -> None:
+        assert isinstance(election, FakeSyncLeaderElection)
+        election.depose()
+
+
+@pytest.mark.parametrize("kind", ["real", "fake"])
+def test_the_sync_election_records_the_same_history(kind: str) -> None:
+    name = f"conformance-sync-{uuid.uuid4().hex[:8]}"
+    driver: SyncDriver = RealSyncDriver(name) if kind == "real" else FakeSyncDriver(name)
+    log = ThreadLog()
+    election = driver.make()
+    main = threading.main_thread()
+    tokens: list[int] = []
+
+    @election.on_become_leader
+    def become() -> None:
+        log.add("become", election.is_leader, threading.current_thread() is main)
+
+    @election.while_leader
+    def job(term_over: threading.Event) -> None:
+        log.add("job-start", election.is_leader, threading.current_thread() is main)
+        term_over.wait(WAIT)
+        log.add("job-end", election.is_leader)
+
+    @election.on_lose_leadership
+    def lose() -> None:
+        log.add("lose", election.is_leader, threading.current_thread() is main)
+
+    def a_term_began(n: int) -> None:
+        driver.lead(election)
+        log.wait_for("become", n)
+        log.wait_for("job-start", n)
+        assert election.is_leader
+        token = election.fencing_token
+        assert token is not None
+        assert election.get_leader_id() == "a"
+        tokens.append(token)
+
+    with election:
+        a_term_began(1)
+        driver.lose_lease(election)  # the lease is lost: is_leader is False before the job ends
+        log.wait_for("lose", 1)
+        a_term_began(2)
+        election.resign()  # the job returns while the term still holds, then the term ends
+        log.wait_for("lose", 2)
+        assert not election.is_leader
+        a_term_began(3)
+    assert log.count("lose") == 3  # stop() returned after the lose callbacks
+    election.stop()  # idempotent
+    with pytest.raises(ElectionNotRunningError):
+        election.wait_until_leader(timeout=WAIT)
+    assert tokens == sorted(set(tokens))
+
+    def term(job_end_leading: bool) -> list[tuple[Any, ...]]:
+        return [("job-end", job_end_leading), ("lose", False, False)]
+
+    ends = [e for e in log.events if e[0] in ("job-end", "lose")]
+    assert ends == term(False) + term(True) + term(True)  # lost, resigned, stopped
+    starts = [e for e in log.events if e[0] in ("become", "job-start")]
+    assert sorted(starts) == [("become", True, False)] * 3 + [("job-start", True, False)] * 3
