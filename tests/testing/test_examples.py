@@ -14,9 +14,25 @@ from asgi_lifespan import LifespanManager
 
 from leaderelection import ElectionConfig
 from leaderelection.fastapi import get_election
-from leaderelection.testing import FakeLeaderElection, FakeSyncLeaderElection
+from leaderelection.testing import (
+    FakeElectionGroup,
+    FakeLeaderElection,
+    FakeSyncLeaderElection,
+)
 from tests.testing.example_app import create_app
 from tests.testing.example_workers import purge_while_leading, rebuild_reports_while_leading
+
+# --------------------------------------------------------------------------- the double
+
+
+async def test_a_term_of_the_double() -> None:
+    election = FakeLeaderElection(ElectionConfig(name="reports"))
+    async with election:  # started: a follower, since no one leads
+        token = await election.elect()  # become callbacks ran, while_leader tasks started
+        assert election.is_leader and election.fencing_token == token
+        await election.depose()  # the lease is lost: tasks cancelled, lose callbacks ran
+        assert not election.is_leader
+
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -72,6 +88,20 @@ async def test_the_app_runs_the_election_in_its_lifespan() -> None:
             response = await client.get("/leader")
             assert response.json()["is_leader"] is True
     assert election.statistics().state == "stopped"  # the shutdown stopped it
+
+
+async def test_leadership_moves_to_the_other_worker() -> None:
+    group = FakeElectionGroup()  # one election: one leader at most, one token counter
+    a = FakeLeaderElection(ElectionConfig(name="reports", instance_id="a"), group=group)
+    b = FakeLeaderElection(ElectionConfig(name="reports", instance_id="b"), group=group)
+    async with a, b:
+        first = await a.elect()
+        assert await b.get_leader_id() == "a"
+
+        second = await a.hand_over(b)  # a's lose callbacks ran, then b's become callbacks
+        assert group.leader is b
+        assert second > first
+        assert await a.get_leader_id() == "b"
 
 
 # ---------------------------------------------------------------------- the workers
