@@ -1372,13 +1372,17 @@ class FakeSyncLeaderElection:
             self._queue.append(item)
             self._tail = item
             if not self._dispatching:
-                self._dispatching = True
-                thread = threading.Thread(
-                    target=self._dispatch, name=f"leaderelection-fake-callbacks-{self._config.name}"
-                )
-                thread.daemon = True
-                thread.start()
+                self._start_dispatcher()
         return item
+
+    def _start_dispatcher(self) -> None:
+        """Start the thread that runs the queued callbacks (the lock is held)."""
+        self._dispatching = True
+        thread = threading.Thread(
+            target=self._dispatch, name=f"leaderelection-fake-callbacks-{self._config.name}"
+        )
+        thread.daemon = True
+        thread.start()
 
     def _wait_for(self, item: _SyncItem) -> None:
         """Wait for queued callbacks, unless this thread is one they wait for."""
@@ -1386,6 +1390,17 @@ class FakeSyncLeaderElection:
             item.done.wait()
 
     def _dispatch(self) -> None:
+        try:
+            self._run_queued()
+        except BaseException:
+            # A callback raised past Exception (SystemExit in a thread): the queue goes on.
+            with self._lock:
+                self._dispatching = False
+                if self._queue:
+                    self._start_dispatcher()
+            raise
+
+    def _run_queued(self) -> None:
         role = self._role
         while True:
             with self._lock:

@@ -7,6 +7,7 @@ Nothing here sleeps: threads are joined with deadlines and waits are on events w
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -20,7 +21,11 @@ from leaderelection import (
     SyncElectionProtocol,
 )
 from leaderelection import sync as real_sync
-from leaderelection.testing import FakeElectionGroup, FakeSyncLeaderElection
+from leaderelection.testing import (
+    FakeElectionGroup,
+    FakeLeaderElection,
+    FakeSyncLeaderElection,
+)
 
 WAIT = 5.0  # seconds: a deadline that fails the test, never a pause
 
@@ -299,3 +304,26 @@ def test_concurrent_stops_all_return_once_stopped() -> None:
         stopper.join(WAIT)
         assert not stopper.is_alive()
     assert election.statistics().state == "stopped"
+
+
+async def test_a_group_can_mix_sync_and_asyncio_doubles() -> None:
+    group = FakeElectionGroup()
+    watcher = FakeLeaderElection(config("watcher"), group=group)
+    worker = FakeSyncLeaderElection(config("worker"), group=group)
+    async with watcher:
+        changes = watcher.changes()
+        assert (await anext(changes)).leader is None
+        worker.start()
+        token = await asyncio.to_thread(worker.elect)  # from another thread
+        async with asyncio.timeout(WAIT):
+            change = await anext(changes)
+        assert change.leader is not None
+        assert change.leader.instance_id == "worker"
+        assert change.fencing_token == token
+        assert await watcher.get_leader_id() == "worker"
+        with pytest.raises(RuntimeError, match="worker leads"):
+            await watcher.elect()
+        await asyncio.to_thread(worker.stop)
+        async with asyncio.timeout(WAIT):
+            assert (await anext(changes)).leader is None
+        await changes.aclose()
