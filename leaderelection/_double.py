@@ -53,7 +53,7 @@ J = TypeVar("J", bound=Callable[[threading.Event], object])
 State = Literal["new", "running", "stopping", "stopped"]
 Reason = Literal["lost", "resigned", "stopped"]
 
-OUTSIDE_HOSTNAME: Final = "fake-host"  # the hostname of a leader named by set_leader("id")
+_OUTSIDE_HOSTNAME: Final = "fake-host"  # the hostname of a leader named by set_leader("id")
 
 
 def _utcnow() -> datetime:
@@ -209,7 +209,7 @@ class FakeElectionGroup:
                 now = _utcnow()
                 record = LeaderInfo(
                     instance_id=leader,
-                    hostname=OUTSIDE_HOSTNAME,
+                    hostname=_OUTSIDE_HOSTNAME,
                     pid=0,
                     started_at=now,
                     last_heartbeat=now,
@@ -699,9 +699,9 @@ class FakeLeaderElection:
         """Start a term of this instance, as if it won the lock; return its fencing token.
 
         ``is_leader`` turns True and ``leader_event`` is set at once; the ``while_leader``
-        tasks start and the become callbacks run; it returns once the callbacks ran (and the
-        tasks have started). A term elected by the first call in a callback of this election
-        does not wait for that callback.
+        tasks start and the become callbacks run; it returns once the callbacks ran and the
+        tasks have run until they first had to wait. Called from one of this election's own
+        callbacks, it returns without waiting (the become callbacks run after that callback).
 
         Args:
             fencing_token: The term's token; default one above the last token granted in the

@@ -128,6 +128,20 @@ async def test_elect_starts_a_term_and_returns_once_the_callbacks_ran() -> None:
         assert await election.get_leader_id() == "me"
 
 
+async def test_elect_returns_after_the_tasks_ran_until_they_first_waited() -> None:
+    election = FakeLeaderElection(config())  # no become callbacks: nothing else to wait for
+    steps: list[str] = []
+
+    @election.while_leader
+    async def work() -> None:
+        steps.append("started")
+        await asyncio.Event().wait()
+
+    async with election:
+        await election.elect()
+        assert steps == ["started"]
+
+
 async def test_depose_ends_the_term_cancelling_the_tasks_before_the_lose_callbacks() -> None:
     rec = Recorder()
     election = instrumented(rec)
