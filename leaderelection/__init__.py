@@ -32,6 +32,7 @@ from ._exceptions import (
 from ._info import LeaderInfo
 from ._leader_only import leader_only
 from ._observer import LeaderChange, LeaderObserver
+from ._protocol import ElectionProtocol, SyncElectionProtocol
 
 __all__ = [
     "Clock",
@@ -39,6 +40,7 @@ __all__ = [
     "CorruptLeaderInfoError",
     "ElectionConfig",
     "ElectionNotRunningError",
+    "ElectionProtocol",
     "ElectionStatistics",
     "ErrorHandler",
     "LeaderChange",
@@ -51,6 +53,7 @@ __all__ = [
     "StoreError",
     "StoreReadOnlyError",
     "StoreUnavailableError",
+    "SyncElectionProtocol",
     "WrongKeyTypeError",
     "leader_only",
     "parse_duration",

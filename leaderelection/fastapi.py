@@ -57,7 +57,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import FrameType
-from typing import Annotated, Any, Final, Literal, TypeAlias, cast
+from typing import Annotated, Any, Final, Literal, TypeAlias, TypeGuard, cast
 
 from pydantic import BaseModel, Field
 
@@ -74,6 +74,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 from ._election import LeaderElection
 from ._exceptions import ConfigurationError, ElectionNotRunningError, LeaderElectionError
 from ._info import LeaderInfo
+from ._protocol import ElectionProtocol
 
 __all__ = [
     "DEFAULT_STATE_KEY",
@@ -109,7 +110,7 @@ DEFAULT_STATE_KEY: Final = "leader_election"
 _STATE_KEY_ATTR: Final = "leaderelection_state_key"
 _RUNNING_STATES: Final = frozenset({"follower", "leader", "held_back"})
 
-_ElectionSource: TypeAlias = LeaderElection | Callable[[], LeaderElection]
+_ElectionSource: TypeAlias = ElectionProtocol | Callable[[], ElectionProtocol]
 # What FastAPI(lifespan=...) takes: a context-manager factory, or an async generator function.
 _AppLifespan: TypeAlias = Lifespan[FastAPI] | Callable[[FastAPI], AsyncIterator[Any]]
 _ContextFactory: TypeAlias = Callable[
@@ -121,7 +122,7 @@ _ContextFactory: TypeAlias = Callable[
 
 
 def election_lifespan(
-    election: LeaderElection | Callable[[], LeaderElection],
+    election: ElectionProtocol | Callable[[], ElectionProtocol],
     *,
     lifespan: _AppLifespan | None = None,
     state_key: str = DEFAULT_STATE_KEY,
@@ -143,6 +144,8 @@ def election_lifespan(
         election: A :class:`LeaderElection`, or a zero-argument callable returning a new one
             each time it is called. A stopped election cannot be started again, so pass a
             factory if the same app object may start more than once (tests, for example).
+            Anything with the election's surface (:class:`ElectionProtocol`), such as the test
+            double ``leaderelection.testing.FakeLeaderElection``, is taken too.
         lifespan: The app's own lifespan (what you would otherwise pass to ``FastAPI``): a
             callable taking the app and returning an async context manager, or an async
             generator function. It may read the election from ``app.state.<state_key>``, for
@@ -170,7 +173,7 @@ def election_lifespan(
             ``start()``'s own errors (a wrong password, a read-only replica, ...) also fail the
             startup.
     """
-    if not isinstance(election, LeaderElection) and not callable(election):
+    if not _is_election(election) and not callable(election):
         raise TypeError(
             "election_lifespan needs a LeaderElection or a zero-argument function returning one, "
             f"got {election!r}"
@@ -206,7 +209,7 @@ def _nothing() -> None:
     return None
 
 
-def _leave_on_shutdown_signal(election: LeaderElection) -> Callable[[], None]:
+def _leave_on_shutdown_signal(election: ElectionProtocol) -> Callable[[], None]:
     """Chain a handler in front of the server's SIGTERM / SIGINT handlers that starts stopping
     ``election`` at once; return the function that puts the server's handlers back."""
     if threading.current_thread() is not threading.main_thread():
@@ -245,9 +248,14 @@ def _leave_on_shutdown_signal(election: LeaderElection) -> Callable[[], None]:
     return restore
 
 
-def _resolve(election: _ElectionSource) -> LeaderElection:
+def _is_election(obj: object) -> TypeGuard[ElectionProtocol]:
+    """Whether ``obj`` is a LeaderElection or has its surface (a test double)."""
+    return isinstance(obj, LeaderElection | ElectionProtocol)
+
+
+def _resolve(election: _ElectionSource) -> ElectionProtocol:
     """The election to run for this start of the app: the one given, or a new one."""
-    if isinstance(election, LeaderElection):
+    if _is_election(election):
         state = election.statistics().state
         if state != "new":
             raise LeaderElectionError(
@@ -256,8 +264,8 @@ def _resolve(election: _ElectionSource) -> LeaderElection:
                 "e.g. election_lifespan(lambda: LeaderElection(url, config))"
             )
         return election
-    made = election()
-    if not isinstance(made, LeaderElection):
+    made = cast("Callable[[], object]", election)()  # not an election: the factory
+    if not _is_election(made):
         raise TypeError(
             f"the election factory given to election_lifespan returned {made!r}, not a "
             "LeaderElection"
@@ -273,7 +281,7 @@ def _as_context_factory(lifespan: _AppLifespan | None) -> _ContextFactory | None
 
 
 def _merge_state(
-    state_key: str, election: LeaderElection, app_state: Mapping[str, Any] | None
+    state_key: str, election: ElectionProtocol, app_state: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     if app_state is None:
         return {state_key: election}
@@ -294,7 +302,9 @@ def get_election(request: Request) -> LeaderElection:
     Looks in the lifespan state (``request.state``) first, then on ``app.state``, under the
     ``state_key`` given to :func:`election_lifespan`. Use it as ``Depends(get_election)`` or
     through :data:`ElectionDep`. The election is returned in whatever state it is in; it is not
-    required to lead, nor to be running.
+    required to lead, nor to be running. In tests, it is the double given to
+    :func:`election_lifespan` (``leaderelection.testing.FakeLeaderElection``), with the same
+    surface.
 
     Raises:
         ElectionNotRunningError: no election was found: the app was not created with
@@ -313,12 +323,13 @@ def get_election(request: Request) -> LeaderElection:
             "(uvicorn does; in tests, use asgi_lifespan.LifespanManager or "
             "`with TestClient(app)`)"
         )
-    if not isinstance(election, LeaderElection):
+    if not _is_election(election):
         raise ConfigurationError(
             f"the state key {key!r} holds a {type(election).__name__}, not a LeaderElection: "
             "pass election_lifespan a state_key that nothing else uses"
         )
-    return election
+    # Typed as the real election for path operations; a test double has the same surface.
+    return cast(LeaderElection, election)
 
 
 ElectionDep = Annotated[LeaderElection, Depends(get_election)]

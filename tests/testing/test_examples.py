@@ -1,0 +1,145 @@
+"""Tests of an app and of workers that use leaderelection, written as a user would write them:
+with the test doubles, without Redis and without sleeping. docs/testing.md quotes this file
+(``myapp`` and ``myworkers`` there are example_app.py and example_workers.py here)."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from leaderelection import ElectionConfig
+from leaderelection.fastapi import get_election
+from leaderelection.testing import (
+    FakeElectionGroup,
+    FakeLeaderElection,
+    FakeSyncLeaderElection,
+)
+from tests.testing.example_app import create_app
+from tests.testing.example_workers import purge_while_leading, rebuild_reports_while_leading
+
+# --------------------------------------------------------------------------- the double
+
+
+async def test_a_term_of_the_double() -> None:
+    election = FakeLeaderElection(ElectionConfig(name="reports"))
+    async with election:  # started: a follower, since no one leads
+        token = await election.elect()  # become callbacks ran, while_leader tasks started
+        assert election.is_leader and election.fencing_token == token
+        await election.depose()  # the lease is lost: tasks cancelled, lose callbacks ran
+        assert not election.is_leader
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+async def election() -> AsyncIterator[FakeLeaderElection]:
+    config = ElectionConfig(name="reports", instance_id="worker-1")
+    async with FakeLeaderElection(config) as fake:  # started: a follower until elect()
+        yield fake
+
+
+@pytest.fixture
+async def client(election: FakeLeaderElection) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app()
+    app.dependency_overrides[get_election] = lambda: election
+    transport = httpx.ASGITransport(app=app)  # no lifespan: no real election is made
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+# -------------------------------------------------------------------------- the app
+
+
+async def test_a_follower_answers_503_naming_the_leader(
+    election: FakeLeaderElection, client: httpx.AsyncClient
+) -> None:
+    election.set_leader("worker-2", metadata={"url": "http://10.0.0.6:8000"})
+    response = await client.post("/reports/rebuild")
+    assert response.status_code == 503
+    assert response.headers["X-Leader-URL"] == "http://10.0.0.6:8000"
+    assert response.json()["detail"]["leader"]["instance_id"] == "worker-2"
+
+
+async def test_the_leader_rebuilds_with_its_fencing_token(
+    election: FakeLeaderElection, client: httpx.AsyncClient
+) -> None:
+    token = await election.elect()
+    response = await client.post("/reports/rebuild")
+    assert response.status_code == 200
+    assert response.json() == {"rebuilt_with_token": token}
+
+    await election.depose()  # the lease is lost
+    response = await client.post("/reports/rebuild")
+    assert response.status_code == 503
+
+
+async def test_the_app_runs_the_election_in_its_lifespan() -> None:
+    election = FakeLeaderElection(ElectionConfig(name="reports"), elect_on_start=True)
+    app = create_app(election=lambda: election)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.get("/leader")
+            assert response.json()["is_leader"] is True
+    assert election.statistics().state == "stopped"  # the shutdown stopped it
+
+
+async def test_leadership_moves_to_the_other_worker() -> None:
+    group = FakeElectionGroup()  # one election: one leader at most, one token counter
+    a = FakeLeaderElection(ElectionConfig(name="reports", instance_id="a"), group=group)
+    b = FakeLeaderElection(ElectionConfig(name="reports", instance_id="b"), group=group)
+    async with a, b:
+        first = await a.elect()
+        assert await b.get_leader_id() == "a"
+
+        second = await a.hand_over(b)  # a's lose callbacks ran, then b's become callbacks
+        assert group.leader is b
+        assert second > first
+        assert await a.get_leader_id() == "b"
+
+
+# ---------------------------------------------------------------------- the workers
+
+
+class RecordingReports:
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.rebuilt = asyncio.Event()
+
+    async def rebuild(self, *, fencing_token: int) -> None:
+        self.tokens.append(fencing_token)
+        self.rebuilt.set()
+
+
+async def test_reports_are_rebuilt_only_while_leading(election: FakeLeaderElection) -> None:
+    reports = RecordingReports()
+    rebuild_reports_while_leading(election, reports)
+    assert reports.tokens == []  # a follower does nothing
+
+    first = await election.elect()
+    await asyncio.wait_for(reports.rebuilt.wait(), timeout=5)
+    assert reports.tokens == [first]
+
+    await election.depose()  # the task was cancelled before depose() returned
+    reports.rebuilt.clear()
+    second = await election.elect()
+    await asyncio.wait_for(reports.rebuilt.wait(), timeout=5)
+    assert reports.tokens == [first, second]
+    assert second > first
+
+
+def test_the_purge_thread_runs_only_while_leading() -> None:
+    purged: queue.Queue[int] = queue.Queue()
+    election = FakeSyncLeaderElection(ElectionConfig(name="purge"))
+    purge_while_leading(election, purged.put)
+    with election:
+        token = election.elect()  # the purge thread started
+        assert purged.get(timeout=5) == token
+        election.resign()  # the thread was told to stop, and returned
+    assert purged.empty()
