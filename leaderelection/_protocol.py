@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from ._config import ElectionConfig
-from ._election import ElectionStatistics
+from ._core import ElectionStatistics
 from ._info import LeaderInfo
 from ._observer import LeaderChange
 

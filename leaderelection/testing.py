@@ -7,6 +7,10 @@
   with blocking controls and callbacks and ``while_leader`` functions in threads.
 - :class:`FakeElectionGroup`: several doubles of one election, with one leader at most, one
   fencing-token counter and one view of who leads.
+- :class:`FakeClock`, :class:`MemoryServer` and :class:`MemoryStore`: what the library's own
+  tests run the real :class:`~leaderelection.LeaderElection` on: a clock that moves only when
+  the test moves it, and the lease store's rules in memory (with faults to inject), so that a
+  test of timing (lease expiry, failover, a hung store) waits for no real time.
 
 Example::
 
@@ -23,9 +27,27 @@ Example::
             await election.depose()  # as if the lease was lost: tasks cancelled, lose ran
             assert worker.running_with is None
 
+The real election on the fake clock::
+
+    clock = FakeClock()
+    server = MemoryServer(clock)
+    config = ElectionConfig(name="billing")
+    async with LeaderElection(None, config, clock=clock, store=server.store(config)) as a:
+        server.hanging = True  # the store stops answering
+        await clock.advance_until(lambda: not a.is_leader, limit=10)  # renew_deadline, faked
+
 See ``docs/testing.md``.
 """
 
+from ._clock import FakeClock
 from ._double import FakeElectionGroup, FakeLeaderElection, FakeSyncLeaderElection
+from ._memory import MemoryServer, MemoryStore
 
-__all__ = ["FakeElectionGroup", "FakeLeaderElection", "FakeSyncLeaderElection"]
+__all__ = [
+    "FakeClock",
+    "FakeElectionGroup",
+    "FakeLeaderElection",
+    "FakeSyncLeaderElection",
+    "MemoryServer",
+    "MemoryStore",
+]
