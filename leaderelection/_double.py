@@ -932,10 +932,11 @@ class FakeSyncLeaderElection:
     run in a worker thread of the double (one at a time, in registration order, each isolated)
     and each ``while_leader`` function in a thread of its own for the length of a term, called
     with a ``threading.Event`` set when the term ends, as with the real one. The same rules
-    hold: when a term ends on :meth:`resign`, :meth:`stop` or :meth:`hand_over`, the event is
-    set and the functions return while the term still holds, then ``is_leader`` turns False;
-    on :meth:`depose` (a lost lease) ``is_leader`` turns False first; either way the lose
-    callbacks run after the functions returned. The controls return once the callbacks they
+    hold, and a term ends in the real one's order: ``is_leader`` turns False, the event is set;
+    on :meth:`resign`, :meth:`stop` or :meth:`hand_over` the functions return while the group
+    still names this instance (the lock is held) and only then may another lead; on
+    :meth:`depose` (a lost lease) the group lets go at once; either way the lose callbacks run
+    after the functions returned. The controls return once the callbacks they
     caused have run.
 
     Unlike the real one it has no event loop and no ``async_election``, and ``on_error`` runs in
@@ -1157,8 +1158,9 @@ class FakeSyncLeaderElection:
             self.elect()
 
     def stop(self) -> None:
-        """Stop: the ``while_leader`` functions are told to finish and return, the term ends,
-        the lose callbacks run; returns when all of that is done. Idempotent; any thread.
+        """Stop: the term ends, the ``while_leader`` functions are told to finish and return,
+        the group lets go, the lose callbacks run; returns when all of that is done.
+        Idempotent; any thread.
 
         Raises:
             LeaderElectionError: called from this election's callback or ``while_leader``
@@ -1190,8 +1192,9 @@ class FakeSyncLeaderElection:
             self._changed.notify_all()
 
     def resign(self) -> None:
-        """End the term and stay a candidate: the ``while_leader`` functions are told to finish
-        and return, the term ends, the lose callbacks run; returns when they ran. Called from a
+        """End the term and stay a candidate: the term ends, the ``while_leader`` functions are
+        told to finish and return, the group lets go, the lose callbacks run; returns when they
+        ran. Called from a
         ``while_leader`` function, it returns once that function's event is set. Nothing happens
         when this instance does not lead.
 
@@ -1344,17 +1347,27 @@ class FakeSyncLeaderElection:
             role.role, role.term_over = None, None
 
     def _end_gracefully(self, term: _SyncTerm, reason: Reason) -> _SyncItem | None:
-        """Tell the term's functions to finish and wait for them while the term still holds,
-        then end it; None if it ended meanwhile."""
+        """End ``term`` in the real election's order: ``is_leader`` turns False, the functions
+        are told to finish and waited for while the group still names this instance the leader
+        (the lock is still held), then the group lets go and the lose callbacks are queued;
+        None if the term ended meanwhile."""
+        with self._changed:
+            if self._term is not term:
+                return None
+            self._term = None
+            self._counters.transitions += 1
+            _log_end(self._config, self._instance_id, term.token, reason)
+            self._changed.notify_all()
         term.term_over.set()
         me = threading.current_thread()
         for job in list(term.jobs):
             if job is not me:
                 job.join()
         with self._changed:
-            if self._term is not term:
-                return None
-            return self._end_term(term, reason)
+            self._group._release(self)
+            item = self._enqueue("lose", term)
+            self._changed.notify_all()
+            return item
 
     def _end_term(self, term: _SyncTerm, reason: Reason) -> _SyncItem:
         """End ``term`` now (the lock is held); return the item of its lose callbacks."""

@@ -92,6 +92,37 @@ async def test_an_unexpected_error_in_a_renewal_is_logged_and_the_election_goes_
     assert any("an odd reply" in str(r.exc_info[1]) for r in errors if r.exc_info)
 
 
+async def test_an_unexpected_error_in_the_runner_is_logged_and_the_campaign_starts_over(
+    make_client: Callable[[], Any], name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An acquire that raises something unexpected escapes the runner's loop: the runner's
+    supervisor logs it with its traceback and campaigns again after a backoff."""
+    config = ElectionConfig(name=name, **FAST)
+    a = LeaderElection(make_client(), config)
+    client = make_client()
+    raised = asyncio.Event()
+
+    async def hook(kind: str, send: Callable[[], Any]) -> Any:
+        if kind == "acquire" and a.is_leader and not raised.is_set():
+            raised.set()  # B's second attempt, while A leads
+            raise RuntimeError("a client bug")
+        return await send()
+
+    b = LeaderElection(client, config)
+    async with a, b:
+        assert a.is_leader
+        client.hook = hook
+        async with asyncio.timeout(5):
+            await raised.wait()
+        await a.stop()  # B must still be campaigning to take over
+        await b.wait_until_leader(timeout=5)
+        assert b.statistics().state == "leader"
+    failures = [r for r in caplog.records if "runner failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert "a client bug" in str(failures[0].exc_info[1])
+
+
 async def test_a_raising_channel_listener_does_not_silence_the_channel(
     make_client: Callable[[], Any], name: str
 ) -> None:

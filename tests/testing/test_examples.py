@@ -12,12 +12,14 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from leaderelection import ElectionConfig
+from leaderelection import ElectionConfig, LeaderElection
 from leaderelection.fastapi import get_election
 from leaderelection.testing import (
+    FakeClock,
     FakeElectionGroup,
     FakeLeaderElection,
     FakeSyncLeaderElection,
+    MemoryServer,
 )
 from tests.testing.example_app import create_app
 from tests.testing.example_workers import purge_while_leading, rebuild_reports_while_leading
@@ -143,3 +145,25 @@ def test_the_purge_thread_runs_only_while_leading() -> None:
         assert purged.get(timeout=5) == token
         election.resign()  # the thread was told to stop, and returned
     assert purged.empty()
+
+
+# ------------------------------------------------------------------ the real election, faked time
+
+
+async def test_a_follower_takes_over_when_the_leaders_store_hangs() -> None:
+    clock = FakeClock()  # moves only when the test moves it
+    server = MemoryServer(clock)  # the lease store's rules, in memory
+    config = ElectionConfig(name="reports", lock_ttl="10s", heartbeat_interval="3s")
+
+    def candidate() -> LeaderElection:
+        return LeaderElection(None, config, clock=clock, store=server.store(config))
+
+    async with candidate() as a, candidate() as b:
+        assert a.is_leader and not b.is_leader
+        await clock.advance(60)  # a minute of renewals, in no real time
+        assert a.is_leader and a.statistics().renewals == 20
+        server.hanging = True  # the store stops answering: renewals time out
+        stepped_down = await clock.advance_until(lambda: not a.is_leader, limit=30)
+        assert stepped_down <= config.renew_deadline.total_seconds()
+        server.hanging = False
+        await clock.advance_until(lambda: b.is_leader or a.is_leader, limit=30)

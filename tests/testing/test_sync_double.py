@@ -117,16 +117,25 @@ def test_depose_ends_the_term_first_then_the_jobs_return_then_lose() -> None:
         ]
 
 
-def test_resign_and_stop_let_the_jobs_return_while_the_term_still_holds() -> None:
+def test_resign_and_stop_end_the_term_then_let_the_jobs_return_while_the_lock_is_held() -> None:
     log = Log()
-    election = instrumented(log)
+    group = FakeElectionGroup()
+    election = instrumented(log, group=group)
+    held: list[bool] = []
+
+    @election.while_leader
+    def reads_the_lock(term_over: threading.Event) -> None:
+        term_over.wait(10)
+        held.append(group.leader is election)  # no one else may lead until this returns
+
     with election:
         election.elect()
         election.resign()
         assert not election.is_leader
         election.elect()
     ends = [e for e in log.events if e[0] in ("job-end", "lose")]
-    assert ends == [("job-end", True), ("lose", False)] * 2
+    assert ends == [("job-end", False), ("lose", False)] * 2
+    assert held == [True, True]
 
 
 def test_resign_from_a_job_returns_once_its_event_is_set() -> None:
