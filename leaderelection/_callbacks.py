@@ -23,7 +23,16 @@ from ._aio import Flag, being_cancelled, wait_bounded
 if TYPE_CHECKING:
     from ._term import TermRun
 
-__all__ = ["Callback", "CallbackList", "Dispatcher", "ErrorHandler", "LeaderTask", "report"]
+__all__ = [
+    "Callback",
+    "CallbackList",
+    "Dispatcher",
+    "ErrorHandler",
+    "LeaderTask",
+    "check_thread_function",
+    "refuse_awaitable",
+    "report",
+]
 
 logger = logging.getLogger("leaderelection")
 
@@ -58,6 +67,40 @@ def check_error_handler(handler: ErrorHandler | None) -> None:
             f"on_error must be a plain function, not async: {handler!r}. It is called inside "
             "the election and never awaited; hand the work to a task of your own from it"
         )
+
+
+def check_thread_function(func: Callable[..., object], name: str, arity: int) -> None:
+    """Refuse, at once, what the sync election cannot call as ``func()`` / ``func(event)`` in a
+    worker thread.
+
+    Raises:
+        TypeError: ``func`` is not callable, is async, or does not take ``arity`` arguments.
+    """
+    if not callable(func):
+        raise TypeError(f"{name} needs a function, got {func!r}")
+    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        raise TypeError(
+            f"{name} of the sync election takes plain functions, run in a worker thread; "
+            f"{func!r} is async (register async callbacks on the asyncio election instead)"
+        )
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins have none to show
+        return
+    try:
+        signature.bind(*([None] * arity))
+    except TypeError:
+        wanted = "no arguments" if arity == 0 else "one argument, a threading.Event"
+        raise TypeError(f"{name} calls {func!r} with {wanted}") from None
+
+
+def refuse_awaitable(result: object, func: Callable[..., object]) -> None:
+    """Raise TypeError (closing it) when a sync callback returned an awaitable."""
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        raise TypeError(f"{func!r} returned an awaitable: the sync election runs plain functions")
 
 
 class CallbackList:

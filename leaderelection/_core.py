@@ -1,7 +1,7 @@
 """The election as a pure state machine: no asyncio, no Redis, no clock of its own.
 
 Rule 1: everything that decides whether this instance is leader lives here. The I/O layer
-(``_election.py``) tells the core what happened (a store answer, with the monotonic time the call
+(``_campaign.py``) tells the core what happened (a store answer, with the monotonic time the call
 was sent and answered) and asks it what to do next (acquire at T, renew at T, step down at T).
 Every method takes ``now`` from one monotonic clock; the core never reads a clock itself, so tests
 drive it with plain numbers.

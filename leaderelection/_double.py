@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import inspect
 import logging
 import os
 import secrets
@@ -31,7 +30,15 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar
 
 import anyio
 
-from ._callbacks import Callback, CallbackList, ErrorHandler, LeaderTask, report
+from ._callbacks import (
+    Callback,
+    CallbackList,
+    ErrorHandler,
+    LeaderTask,
+    check_thread_function,
+    refuse_awaitable,
+    report,
+)
 from ._config import ElectionConfig
 from ._election import ElectionStatistics
 from ._exceptions import ConfigurationError, ElectionNotRunningError, LeaderElectionError
@@ -922,6 +929,7 @@ class _SyncTerm:
 class _SyncItem:
     kind: Literal["become", "lose"]
     term: _SyncTerm
+    release: bool = False  # a lose that lets the group go once the term's functions returned
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -1092,7 +1100,7 @@ class FakeSyncLeaderElection:
         Raises:
             TypeError: ``callback`` is not callable, is async, or needs arguments.
         """
-        _check_signature(callback, "on_become_leader", 0)
+        check_thread_function(callback, "on_become_leader", 0)
         with self._lock:
             self._become.append(callback)
         return callback
@@ -1104,7 +1112,7 @@ class FakeSyncLeaderElection:
         Raises:
             TypeError: ``callback`` is not callable, is async, or needs arguments.
         """
-        _check_signature(callback, "on_lose_leadership", 0)
+        check_thread_function(callback, "on_lose_leadership", 0)
         with self._lock:
             self._lose.append(callback)
         return callback
@@ -1117,7 +1125,7 @@ class FakeSyncLeaderElection:
         Raises:
             TypeError: ``func`` is not callable, is async, or does not take one argument.
         """
-        _check_signature(func, "while_leader", 1)
+        check_thread_function(func, "while_leader", 1)
         with self._lock:
             self._jobs.append(func)
             if self._term is not None:
@@ -1336,7 +1344,7 @@ class FakeSyncLeaderElection:
         role = self._role
         role.role, role.term_over = "job", term.term_over
         try:
-            _refuse_awaitable(func(term.term_over), func)
+            refuse_awaitable(func(term.term_over), func)
         except Exception as exc:
             report(
                 exc,
@@ -1347,27 +1355,20 @@ class FakeSyncLeaderElection:
             role.role, role.term_over = None, None
 
     def _end_gracefully(self, term: _SyncTerm, reason: Reason) -> _SyncItem | None:
-        """End ``term`` in the real election's order: ``is_leader`` turns False, the functions
-        are told to finish and waited for while the group still names this instance the leader
-        (the lock is still held), then the group lets go and the lose callbacks are queued;
-        None if the term ended meanwhile."""
+        """End ``term`` in the real election's order: ``is_leader`` turns False and the
+        functions are told to finish; the group still names this instance the leader (the lock
+        is held) until they returned, then lets go, then the lose callbacks run (the dispatcher
+        does both). None if the term ended meanwhile."""
         with self._changed:
             if self._term is not term:
                 return None
             self._term = None
             self._counters.transitions += 1
             _log_end(self._config, self._instance_id, term.token, reason)
+            item = self._enqueue("lose", term, release=True)
             self._changed.notify_all()
         term.term_over.set()
-        me = threading.current_thread()
-        for job in list(term.jobs):
-            if job is not me:
-                job.join()
-        with self._changed:
-            self._group._release(self)
-            item = self._enqueue("lose", term)
-            self._changed.notify_all()
-            return item
+        return item
 
     def _end_term(self, term: _SyncTerm, reason: Reason) -> _SyncItem:
         """End ``term`` now (the lock is held); return the item of its lose callbacks."""
@@ -1379,8 +1380,10 @@ class FakeSyncLeaderElection:
         self._changed.notify_all()
         return item
 
-    def _enqueue(self, kind: Literal["become", "lose"], term: _SyncTerm) -> _SyncItem:
-        item = _SyncItem(kind, term)
+    def _enqueue(
+        self, kind: Literal["become", "lose"], term: _SyncTerm, *, release: bool = False
+    ) -> _SyncItem:
+        item = _SyncItem(kind, term, release)
         with self._lock:
             self._queue.append(item)
             self._tail = item
@@ -1425,13 +1428,15 @@ class FakeSyncLeaderElection:
                 if item.kind == "lose":
                     for job in list(item.term.jobs):
                         job.join()
+                    if item.release:
+                        self._group._release(self)
                 role.role = "callback"
                 kind = "on_become_leader" if item.kind == "become" else "on_lose_leadership"
                 with self._lock:
                     callbacks = list(self._become if item.kind == "become" else self._lose)
                 for callback in callbacks:
                     try:
-                        _refuse_awaitable(callback(), callback)
+                        refuse_awaitable(callback(), callback)
                     except Exception as exc:
                         report(
                             exc,
@@ -1443,34 +1448,6 @@ class FakeSyncLeaderElection:
             finally:
                 role.role = None
                 item.done.set()
-
-
-def _check_signature(func: Callable[..., object], name: str, arity: int) -> None:
-    """Refuse what cannot be called as ``func()`` / ``func(event)`` in a thread, at once."""
-    if not callable(func):
-        raise TypeError(f"{name} needs a function, got {func!r}")
-    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
-        raise TypeError(
-            f"{name} of the sync election takes plain functions, run in a worker thread; "
-            f"{func!r} is async"
-        )
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):  # some builtins have none to show
-        return
-    try:
-        signature.bind(*([None] * arity))
-    except TypeError:
-        wanted = "no arguments" if arity == 0 else "one argument, a threading.Event"
-        raise TypeError(f"{name} calls {func!r} with {wanted}") from None
-
-
-def _refuse_awaitable(result: object, func: Callable[..., object]) -> None:
-    if inspect.isawaitable(result):
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-        raise TypeError(f"{func!r} returned an awaitable: the sync election runs plain functions")
 
 
 async def _wait_first(*events: asyncio.Event) -> None:

@@ -56,7 +56,6 @@ import atexit
 import concurrent.futures
 import contextlib
 import functools
-import inspect
 import logging
 import math
 import os
@@ -74,7 +73,12 @@ from anyio.from_thread import BlockingPortal
 
 from . import _election
 from ._aio import close_client
-from ._callbacks import ErrorHandler, check_error_handler
+from ._callbacks import (
+    ErrorHandler,
+    check_error_handler,
+    check_thread_function,
+    refuse_awaitable,
+)
 from ._config import ElectionConfig, config_argument, new_instance_id
 from ._core import ElectionStatistics
 from ._election import Lifecycle
@@ -681,7 +685,7 @@ class LeaderElection:
         self, kind: Kind, func: Callable[..., object]
     ) -> Callable[[], Awaitable[None]]:
         name = "on_become_leader" if kind == "become" else "on_lose_leadership"
-        _check_signature(func, name, 0)
+        check_thread_function(func, name, 0)
 
         @functools.wraps(func)
         async def in_worker_thread() -> None:
@@ -690,7 +694,7 @@ class LeaderElection:
         return in_worker_thread
 
     def _wrap_job(self, func: Callable[..., object]) -> Callable[[], Awaitable[None]]:
-        _check_signature(func, "while_leader", 1)
+        check_thread_function(func, "while_leader", 1)
 
         @functools.wraps(func)
         async def for_the_term() -> None:
@@ -726,7 +730,7 @@ class LeaderElection:
         role = self._thread_role
         role.role = "callback"
         try:
-            _refuse_awaitable(func(), func)
+            refuse_awaitable(func(), func)
         finally:
             role.role = None
 
@@ -741,7 +745,7 @@ class LeaderElection:
         role = self._thread_role
         role.role, role.term_over, role.token = "job", term_over, token
         try:
-            _refuse_awaitable(func(term_over), func)
+            refuse_awaitable(func(term_over), func)
         finally:
             role.role, role.term_over, role.token = None, None, None
 
@@ -815,34 +819,6 @@ def _adder(
 
 async def _call_in_task(func: Callable[[T], object], arg: T) -> None:
     func(arg)
-
-
-def _check_signature(func: Callable[..., object], name: str, arity: int) -> None:
-    """Refuse what cannot be called as ``func()`` / ``func(event)`` in a thread, at once."""
-    if not callable(func):
-        raise TypeError(f"{name} needs a function, got {func!r}")
-    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
-        raise TypeError(
-            f"{name} of leaderelection.sync takes plain functions, run in a worker thread; "
-            f"{func!r} is async (register async callbacks on the asyncio election instead)"
-        )
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):  # some builtins have none to show
-        return
-    try:
-        signature.bind(*([None] * arity))
-    except TypeError:
-        wanted = "no arguments" if arity == 0 else "one argument, a threading.Event"
-        raise TypeError(f"{name} calls {func!r} with {wanted}") from None
-
-
-def _refuse_awaitable(result: object, func: Callable[..., object]) -> None:
-    if inspect.isawaitable(result):
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-        raise TypeError(f"{func!r} returned an awaitable: leaderelection.sync runs plain functions")
 
 
 def _serve_portal(ready: concurrent.futures.Future[BlockingPortal]) -> None:

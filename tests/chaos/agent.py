@@ -70,36 +70,33 @@ class History:
         os.write(self._fd, (json.dumps(fields) + "\n").encode())
 
 
-class RecordingElection(LeaderElection):
-    """Records every transition the moment the core decides it."""
+def recording_election(redis_: Any, config: ElectionConfig, history: History) -> LeaderElection:
+    """An election that records every transition the moment the core decides it, the renewals
+    that move its deadline, and the start and end of its become and lose callbacks."""
+    election = LeaderElection(redis_, config)
+    campaign = election._campaign
+    acquired_tokens: collections.deque[int] = collections.deque()
+    original_apply = campaign.apply
 
-    __slots__ = ("acquired_tokens", "history")
-
-    def _apply(self, transitions: list[Any]) -> None:
+    def apply(transitions: list[Any]) -> None:
         for transition in transitions:
             if isinstance(transition, BecameLeader):
-                self.acquired_tokens.append(transition.term.fencing_token)
-                self.history.emit(
+                acquired_tokens.append(transition.term.fencing_token)
+                history.emit(
                     "acquired",
                     token=transition.term.fencing_token,
-                    until=self._core.lease_deadline,
+                    until=campaign.core.lease_deadline,
                 )
             elif isinstance(transition, LostLeadership):
-                self.history.emit(
+                history.emit(
                     "lost",
                     token=transition.term.fencing_token,
                     reason=transition.reason.value,
                 )
-        super()._apply(transitions)
+        original_apply(transitions)
 
-
-def recording_election(redis_: Any, config: ElectionConfig, history: History) -> RecordingElection:
-    """A :class:`RecordingElection` that also records the renewals that move its deadline, and
-    whose become and lose callbacks record their start and end."""
-    election = RecordingElection(redis_, config)
-    election.history = history
-    election.acquired_tokens = collections.deque()
-    core = election._core
+    campaign.apply = apply  # type: ignore[method-assign]
+    core = campaign.core
     original_renewed = core.renewed
 
     def renewed(**kwargs: Any) -> Any:
@@ -116,8 +113,7 @@ def recording_election(redis_: Any, config: ElectionConfig, history: History) ->
     lose_tokens: collections.deque[int | None] = collections.deque()
 
     def on_become() -> None:
-        acquired = election.acquired_tokens
-        token = acquired.popleft() if acquired else None
+        token = acquired_tokens.popleft() if acquired_tokens else None
         history.emit("become_start", token=token)
         lose_tokens.append(token)
         history.emit("become_end", token=token)

@@ -31,23 +31,25 @@ def emit(**fields: Any) -> None:
     sys.stdout.flush()
 
 
-class RecordingElection(LeaderElection):
-    """Prints every transition the moment the core decides it."""
+def record_transitions(election: LeaderElection) -> None:
+    """Print every transition the moment the core decides it (the campaign applies it)."""
+    campaign = election._campaign
+    original_apply = campaign.apply
 
-    __slots__ = ()
-
-    def _apply(self, transitions: list[Any]) -> None:
+    def apply(transitions: list[Any]) -> None:
         for transition in transitions:
             if isinstance(transition, BecameLeader):
                 emit(
                     event="became",
                     t=time.monotonic(),
                     token=transition.term.fencing_token,
-                    until=self._core.lease_deadline,
+                    until=campaign.core.lease_deadline,
                 )
             elif isinstance(transition, LostLeadership):
                 emit(event="lost", t=time.monotonic(), reason=transition.reason.value)
-        super()._apply(transitions)
+        original_apply(transitions)
+
+    campaign.apply = apply  # type: ignore[method-assign]
 
 
 async def main(url: str, name: str, instance_id: str, *timings: str) -> None:
@@ -59,8 +61,9 @@ async def main(url: str, name: str, instance_id: str, *timings: str) -> None:
         heartbeat_interval=heartbeat,
         retry_interval=retry,
     )
-    election = RecordingElection(url, config)
-    core = election._core
+    election = LeaderElection(url, config)
+    record_transitions(election)
+    core = election._campaign.core
     original_renewed = core.renewed
 
     def renewed(**kwargs: Any) -> Any:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+import leaderelection._campaign as campaign_module
 import leaderelection._config as config_module
-import leaderelection._election as election_module
 from leaderelection import LeaderElection, LeaderInfo
 from tests.support import fast_config
 
@@ -29,10 +29,10 @@ async def test_lock_token_is_the_one_secrets_made_128_bits_and_never_published(
         made.append((nbytes, value))
         return value
 
-    # The modules' only use of randomness for tokens (the election's) and ids (the config's);
+    # The modules' only use of randomness for tokens (the campaign's) and ids (the config's);
     # anything else they took from `secrets` would fail here with an AttributeError.
     recording = SimpleNamespace(token_hex=recording_token_hex)
-    monkeypatch.setattr(election_module, "secrets", recording)
+    monkeypatch.setattr(campaign_module, "secrets", recording)
     monkeypatch.setattr(config_module, "secrets", recording)
     config = fast_config(name)
     watcher = shared_redis.client()

@@ -1,6 +1,6 @@
 """Model-based tests of the election core: every interleaving the driver can produce stays safe.
 
-Two hypothesis state machines call one :class:`ElectionCore` the way ``_election.py`` does, on a
+Two hypothesis state machines call one :class:`ElectionCore` the way ``_campaign.py`` does, on a
 fake clock that the machine moves forward (nothing sleeps), and check it after every step against
 a small model that the machine keeps from the calls it made:
 
@@ -18,7 +18,7 @@ a small model that the machine keeps from the calls it made:
 The call protocol, mirrored by the rules and their preconditions:
 
 * The driver asks the core what to do (``next_action``) and does it when it is due, exactly as
-  ``_election.py``'s loop does: the driver's timers fire when the clock reaches them
+  ``_campaign.py``'s loop does: the driver's timers fire when the clock reaches them
   (``the_next_event_happens``, ``time_passes``), or the clock jumps past them when the event loop
   is blocked (``the_event_loop_is_blocked``). ``Acquire`` sends an attempt; an attempt not
   answered within ``call_timeout`` fails; ``Renew`` sends a renewal; ``StepDown`` calls
@@ -257,7 +257,7 @@ class TransitionLog:
 
 
 class CandidateDrivenLikeTheDriver(RuleBasedStateMachine):
-    """One candidate's core, called the way ``_election.py`` calls it, checked against a model.
+    """One candidate's core, called the way ``_campaign.py`` calls it, checked against a model.
 
     Subclasses decide what the store answers. This class runs the driver's timers, resigns,
     stops and releases like the driver, and turns each answer into the core call the driver
