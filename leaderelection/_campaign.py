@@ -195,6 +195,8 @@ class Campaign:
                 return
 
     async def attempt(self, store: Store, *, first: bool = False) -> None:
+        """Send one acquire and report its answer to the core; ``first``: the attempt of
+        ``start()``, which raises permanent errors instead of retrying them."""
         core, clock = self.core, self.clock
         token = secrets.token_hex(16)
         sent = clock.now()
@@ -283,6 +285,7 @@ class Campaign:
             self.apply(core.renew_lost(token=token, now=now))
 
     def apply(self, transitions: list[Transition]) -> None:
+        """Act on the core's transitions: begin or end a term."""
         for transition in transitions:
             if isinstance(transition, BecameLeader):
                 self.begin_term(transition.term)
@@ -290,6 +293,7 @@ class Campaign:
                 self.end_term(transition)
 
     def begin_term(self, term: Term) -> None:
+        """A term began: events, log, its watchdog and tasks, its become callbacks."""
         run = self.term = TermRun(term)
         self.follower_event.clear()
         self.leader_event.set()
@@ -305,6 +309,7 @@ class Campaign:
         self.dispatcher.enqueue("become", run)
 
     def end_term(self, lost: LostLeadership) -> None:
+        """A term ended: events, log, its tasks cancelled, its lose callbacks queued."""
         run = self.term
         assert run is not None and run.term is lost.term
         self.term = None
@@ -326,6 +331,7 @@ class Campaign:
         self.leader_task_set.add(task)
 
     async def shutdown(self) -> None:
+        """End the term, let its tasks finish, release, and run the callbacks still queued."""
         self.state = "stopping"
         run = self.term
         self.apply(self.core.stop(self.clock.now()))
@@ -431,6 +437,7 @@ class Campaign:
         return text[:-1] + f',"fencing_token":{term.fencing_token}}}'
 
     def extra(self, term: Term | None = None) -> dict[str, Any]:
+        """The structured log fields: election, instance id and fencing token."""
         if term is None and self.core.phase is Phase.LEADER:
             term = self.core.term
         return {
@@ -440,6 +447,7 @@ class Campaign:
         }
 
     def context(self, kind: str, callback: Any, term: Term) -> Mapping[str, Any]:
+        """The context handed to ``on_error`` for a failure of ``callback``."""
         return {
             "kind": kind,
             "callback": callback,
