@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import secrets
-import weakref
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -54,7 +53,7 @@ from ._core import (
 from ._exceptions import StoreError
 from ._exceptions import StoreUnavailableError as _Unavailable
 from ._store import Acquired, Held, Store
-from ._term import TermRun
+from ._term import TermRun, current_owner
 
 __all__ = ["Campaign", "Lifecycle"]
 
@@ -66,6 +65,35 @@ _RELEASE_TIMEOUT: Final = 1.0  # seconds; release is best effort, the lease expi
 
 class Campaign:
     """One candidate's state and its runner (see the module docstring). Not thread-safe."""
+
+    # Slots keep an idle candidate small; "__dict__" lets a test wrap a method of one instance.
+    __slots__ = (
+        "__dict__",
+        "background",
+        "become",
+        "clock",
+        "config",
+        "core",
+        "dispatcher",
+        "drive_scope",
+        "follower_event",
+        "grace",
+        "instance_id",
+        "leader_event",
+        "leader_tasks",
+        "listening",
+        "lose",
+        "on_error",
+        "released",
+        "started_wall",
+        "state",
+        "stop_requested",
+        "store",
+        "task_wait",
+        "term",
+        "timings",
+        "wake",
+    )
 
     def __init__(
         self,
@@ -96,7 +124,6 @@ class Campaign:
         )
         self.term: TermRun | None = None  # the tasks of the current term, while it runs
         self.background: set[asyncio.Task[None]] = set()  # hand-offs, step-downs on request
-        self.leader_task_set: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
         self.leader_event = asyncio.Event()  # set exactly while a term runs
         self.follower_event = Flag()
         self.follower_event.set()
@@ -294,7 +321,7 @@ class Campaign:
 
     def begin_term(self, term: Term) -> None:
         """A term began: events, log, its watchdog and tasks, its become callbacks."""
-        run = self.term = TermRun(term)
+        run = self.term = TermRun(term, owner=self)
         self.follower_event.clear()
         self.leader_event.set()
         logger.info("Became the leader", extra=self.extra(term))
@@ -325,10 +352,9 @@ class Campaign:
         self.wake.set()
 
     def _start_leader_task(self, run: TermRun, func: LeaderTask) -> None:
-        task = run.start_task(
+        run.start_task(
             func, context=self.context("while_leader", func, run.term), on_error=self.on_error
         )
-        self.leader_task_set.add(task)
 
     async def shutdown(self) -> None:
         """End the term, let its tasks finish, release, and run the callbacks still queued."""
@@ -414,7 +440,7 @@ class Campaign:
         task = asyncio.current_task()
         if task is None:
             return False
-        return task is self.dispatcher.task or task in self.leader_task_set
+        return task is self.dispatcher.task or current_owner() is self
 
     def info_json(self, term: Term | None, *, sent_wall: datetime) -> str:
         """The LeaderInfo JSON; without a term, the prefix the acquire script completes."""

@@ -31,12 +31,13 @@ from ._callbacks import ErrorHandler, LeaderTask, report
 from ._clock import Clock
 from ._core import Term
 
-__all__ = ["TermRun", "current_term"]
+__all__ = ["TermRun", "current_owner", "current_term"]
 
 logger = logging.getLogger("leaderelection")
 
-_CURRENT_TERM: contextvars.ContextVar[Term | None] = contextvars.ContextVar(
-    "leaderelection_term", default=None
+# In a while_leader task: the TermRun it was started for (tasks copy the context they start in).
+_CURRENT_RUN: contextvars.ContextVar[TermRun | None] = contextvars.ContextVar(
+    "leaderelection_term_run", default=None
 )
 
 
@@ -45,7 +46,14 @@ def current_term() -> Term | None:
 
     It stays that term's even when the term ended before the task ran a single step.
     """
-    return _CURRENT_TERM.get()
+    run = _CURRENT_RUN.get()
+    return run.term if run is not None else None
+
+
+def current_owner() -> object | None:
+    """The owner of the term a ``while_leader`` task was started for (None outside one)."""
+    run = _CURRENT_RUN.get()
+    return run.owner if run is not None else None
 
 
 class _LeaderTask:
@@ -64,10 +72,11 @@ class _LeaderTask:
 class TermRun:
     """What one term started: its end signal, its watchdog and its ``while_leader`` tasks."""
 
-    __slots__ = ("_tasks", "_watchdog", "ended", "term")
+    __slots__ = ("_tasks", "_watchdog", "ended", "owner", "term")
 
-    def __init__(self, term: Term) -> None:
+    def __init__(self, term: Term, owner: object = None) -> None:
         self.term = term
+        self.owner = owner  # who started the term (its campaign)
         self.ended = Flag()  # set when the term ends; the watchdog returns then
         self._tasks: list[_LeaderTask] = []
         self._watchdog: asyncio.Task[None] | None = None
@@ -106,14 +115,14 @@ class TermRun:
         """Start ``func()`` as a task of this term; at once cancelled if the term has ended."""
         entry = _LeaderTask(func)
         self._tasks.append(entry)
-        token = _CURRENT_TERM.set(self.term)
+        token = _CURRENT_RUN.set(self)
         try:
             entry.task = asyncio.get_running_loop().create_task(
                 _run_isolated(entry, context, on_error),
                 name=f"leaderelection-while-leader:{getattr(func, '__qualname__', func)}",
             )
         finally:
-            _CURRENT_TERM.reset(token)
+            _CURRENT_RUN.reset(token)
         if self.ended.is_set():
             entry.scope.cancel()
         return entry.task
