@@ -86,7 +86,8 @@ class FakeClock:
     waits for real time::
 
         clock = FakeClock()
-        election = LeaderElection(MemoryStore(clock), config, clock=clock)
+        server = MemoryServer(clock)
+        election = LeaderElection(None, config, clock=clock, store=server.store(config))
         await election.start()
         await clock.advance(config.lock_ttl.total_seconds())
 
@@ -158,6 +159,14 @@ class FakeClock:
     def next_deadline(self) -> float | None:
         """The earliest time a wait or deadline is set for, or None."""
         return self._timers[0][0] if self._timers else None
+
+    def jump(self, seconds: float) -> None:
+        """Move the clock ``seconds`` forward at once, firing no timer and running no task: what
+        an event loop blocked for ``seconds`` finds when it runs again. The timers that fell due
+        fire, in order, at the next :meth:`advance` (``advance(0)`` is enough)."""
+        if seconds < 0:
+            raise ValueError("a monotonic clock does not go back")
+        self._now += seconds
 
     async def advance(self, seconds: float) -> None:
         """Move the clock ``seconds`` forward, firing every timer due on the way in order and

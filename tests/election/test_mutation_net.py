@@ -1,27 +1,28 @@
-"""Tests that kill mutations the rest of the suite let through (in-process fakeredis server).
+"""Tests that kill mutations the rest of the suite let through.
 
 Each test pins one promise whose deliberate break no other test noticed: a step-down request
 naming another instance is ignored, the lock is released only after the ``while_leader`` tasks
 finished, the deadline watchdog ends a term whose renewal is stuck, and the error handler's
-context carries the fencing token. Nothing sleeps for luck: every wait is on an event, a message
-delivered in order after the one under test, or a condition with a deadline.
+context carries the fencing token. They run on an in-process fakeredis server with intercepted
+script calls, except the watchdog's, which runs on the fake clock (``conftest.py``) with a store
+whose renewals hang, so that its bound is exact. Nothing sleeps for luck: every wait is on an
+event, a message delivered in order after the one under test, or a condition with a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from typing import Any
 
 import anyio
 import pytest
-import redis
 
-from leaderelection import ElectionConfig, LeaderElection, LeaderInfo
-from leaderelection._scripts import RELEASE, RENEW, SHA
+from leaderelection import ElectionConfig, LeaderElection, LeaderInfo, StoreUnavailableError
+from leaderelection._scripts import RELEASE, SHA
 from leaderelection._store import RedisStore
+from leaderelection.testing import FakeClock, MemoryServer, MemoryStore
 from tests.support import FAST, eventually
 
 # A 30 s lease and a 5 s call deadline: nothing expires and no task is cut short by a deadline.
@@ -166,88 +167,90 @@ async def test_the_lock_is_released_only_after_while_leader_tasks_finished(
 # ---------------------------------------------------------- 3. the watchdog ends a stuck term
 
 
-class _StuckRenewals:
-    """Wraps a client's evalsha: once ``stuck`` is set, the renew script never answers and the
-    call ignores cancellation (a client that swallows it), so the renewal's own deadline cannot
-    end it; only ``unblock`` does (with a connection error)."""
+class _StuckRenewals(MemoryStore):
+    """A memory store whose renewals, once ``stuck`` is set, never answer and ignore the
+    deadline they were given (a client that swallows cancellation), so that the renewal's own
+    deadline cannot end them; only ``unblock`` does (with ``StoreUnavailableError``)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, server: MemoryServer, config: ElectionConfig) -> None:
+        super().__init__(server, config)
         self.stuck = False
         self.unblock = asyncio.Event()
-        self.last_forwarded = 0.0  # monotonic time the last answered renewal went out
+        self.last_forwarded = 0.0  # fake time the last answered renewal went out
         self.hanging = 0  # renewals stuck right now
         self.cancellations_ignored = 0
-        self._forward = client.evalsha
-        self._renew_sha = SHA[RENEW]
-        client.evalsha = self.evalsha
 
-    async def evalsha(self, sha: str, numkeys: int, *args: Any) -> Any:
-        if sha != self._renew_sha:
-            return await self._forward(sha, numkeys, *args)
+    async def renew(self, token: str, info_json: str, ttl_ms: int, *, timeout: float) -> bool:
+        clock = self.server.clock
         if not self.stuck:
-            self.last_forwarded = time.monotonic()
-            return await self._forward(sha, numkeys, *args)
+            self.last_forwarded = clock.now()
+            return await super().renew(token, info_json, ttl_ms, timeout=timeout)
         self.hanging += 1
         try:
-            while not self.unblock.is_set():
-                try:
-                    await self.unblock.wait()
-                except asyncio.CancelledError:
-                    self.cancellations_ignored += 1
-            raise redis.ConnectionError("the renewal never got an answer")
+            async with clock.timeout(timeout):  # the deadline fires...
+                while not self.unblock.is_set():
+                    try:
+                        await self.unblock.wait()
+                    except asyncio.CancelledError:
+                        self.cancellations_ignored += 1  # ...and is swallowed
+            raise StoreUnavailableError("the renewal never got an answer")
         finally:
             self.hanging -= 1
 
 
-async def test_the_watchdog_ends_a_term_whose_renewal_is_stuck(make_client: Any) -> None:
+async def test_the_watchdog_ends_a_term_whose_renewal_is_stuck(
+    clock: FakeClock, server: MemoryServer
+) -> None:
     """Guarantee 2 with a renewal call that neither answers nor honours its deadline: the term
-    still ends (leader_event cleared, while_leader cancelled, lose run, is_leader False) within
-    renew_deadline of the last successful renewal's send time. Only the watchdog can do that:
-    the heartbeat is stuck inside the call."""
-    client = make_client()
-    config = ElectionConfig(name=_name(), **FAST)
+    still ends (leader_event cleared, while_leader cancelled, lose run, is_leader False) exactly
+    renew_deadline after the last successful renewal's send time. Only the watchdog can do that:
+    the heartbeat is stuck inside the call.
+
+    On the fake clock (a 10 s lease renewed every 3 s), so the bound is exact, with no margin for
+    scheduling: the renewal's own deadline falls at that same instant and is ignored."""
+    config = ElectionConfig(name=_name())
+    heartbeat = config.heartbeat_interval.total_seconds()
     renew_deadline = config.renew_deadline.total_seconds()
-    faults = _StuckRenewals(client)
+    faults = _StuckRenewals(server, config)
     cancelled_at: list[float] = []
     lost_at: list[float] = []
     lost = asyncio.Event()
-    election = LeaderElection(client, config)
+    election = LeaderElection(None, config, clock=clock, store=faults)
 
     @election.while_leader
     async def work() -> None:
         try:
             await asyncio.Event().wait()
         finally:
-            cancelled_at.append(time.monotonic())
+            cancelled_at.append(clock.now())
 
     @election.on_lose_leadership
     def on_lose() -> None:
-        lost_at.append(time.monotonic())
+        lost_at.append(clock.now())
         lost.set()
 
     await election.start()
     try:
         assert election.is_leader
-        await eventually(lambda: election.statistics().renewals >= 2)
+        await clock.advance(2 * heartbeat)
+        assert election.statistics().renewals == 2
         faults.stuck = True
-        await eventually(lambda: faults.hanging > 0)
+        await clock.advance_until(lambda: faults.hanging > 0, limit=heartbeat)
         last_ok = faults.last_forwarded
-        bound = last_ok + renew_deadline + 0.2  # scheduling margin; no other path ends it
         try:
-            async with asyncio.timeout(renew_deadline + 2.0):
-                await lost.wait()
+            await clock.advance_until(lost.is_set, limit=renew_deadline)
         except TimeoutError:
             pytest.fail(
-                f"the term did not end within {renew_deadline + 2.0:.2f}s of a stuck renewal "
-                f"(is_leader={election.is_leader}, leader_event={election.leader_event.is_set()})"
+                f"the term did not end within {renew_deadline:.3f} fake seconds of a stuck "
+                f"renewal (is_leader={election.is_leader}, "
+                f"leader_event={election.leader_event.is_set()})"
             )
         assert not election.leader_event.is_set()
         assert not election.is_leader
         assert election.fencing_token is None
-        assert cancelled_at, "the while_leader task was not cancelled"
-        assert cancelled_at[0] <= bound
-        assert lost_at[0] <= bound
-        assert cancelled_at[0] >= last_ok  # the stuck call came after the last good renewal
+        assert cancelled_at == [pytest.approx(last_ok + renew_deadline)], "not cancelled on time"
+        assert lost_at == [pytest.approx(last_ok + renew_deadline)]
+        assert faults.cancellations_ignored >= 1  # the renewal's deadline came and was ignored
         assert faults.hanging > 0  # the heartbeat is still stuck: the watchdog ended the term
     finally:
         faults.unblock.set()
