@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import math
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+
+if TYPE_CHECKING:
+    from ._clock import Clock
 
 __all__ = [
     "Flag",
@@ -99,42 +101,41 @@ async def wait_first(*events: Waitable) -> None:
             w.cancel()
 
 
-async def wait_bounded(awaitable: Waitable | asyncio.Future[Any], timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for an event or a future; True if it came in time.
-
-    A future is never cancelled by this wait.
-    """
-    limit = None if math.isinf(timeout) else max(timeout, 0.0)
-    if isinstance(awaitable, asyncio.Future):
-        if not awaitable.done():
-            await asyncio.wait({awaitable}, timeout=limit)
-        return awaitable.done()
-    if awaitable.is_set():
+async def wait_bounded(
+    awaitable: Waitable | asyncio.Future[Any], timeout: float, clock: Clock
+) -> bool:
+    """Wait up to ``timeout`` seconds of ``clock`` for an event or a future; True if it came in
+    time. A future is never cancelled by this wait."""
+    if awaitable.done() if isinstance(awaitable, asyncio.Future) else awaitable.is_set():
         return True
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(limit):
-            await awaitable.wait()
-    return awaitable.is_set()
+        async with clock.timeout(timeout):
+            if isinstance(awaitable, asyncio.Future):
+                await asyncio.wait({awaitable})
+            else:
+                await awaitable.wait()
+    return awaitable.done() if isinstance(awaitable, asyncio.Future) else awaitable.is_set()
 
 
-async def wait_shielded(awaitable: Waitable | Awaitable[Any], timeout: float) -> None:
-    """Wait up to ``timeout`` for an event or future even if the caller is cancelled meanwhile;
-    a cancellation that arrived is raised afterwards. A failed future's exception is retrieved
-    (whoever awaits it reports it), never raised here."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+async def wait_shielded(awaitable: Waitable | Awaitable[Any], timeout: float, clock: Clock) -> None:
+    """Wait up to ``timeout`` seconds of ``clock`` for an event or future even if the caller is
+    cancelled meanwhile; a cancellation that arrived is raised afterwards. A failed future's
+    exception is retrieved (whoever awaits it reports it), never raised here."""
     is_flag = not isinstance(awaitable, Awaitable)
     waiter: asyncio.Future[Any] = (
         asyncio.ensure_future(awaitable.wait())  # type: ignore[union-attr]
         if is_flag
         else asyncio.ensure_future(awaitable)  # type: ignore[arg-type]
     )
+    done = Flag()
+    waiter.add_done_callback(lambda _: done.set())
+    deadline = clock.now() + timeout
     cancelled: BaseException | None = None
     # The shield holds off an anyio scope's cancellation, which is delivered again at every await.
     with anyio.CancelScope(shield=True):
-        while not waiter.done() and (left := deadline - loop.time()) > 0:
+        while not waiter.done() and clock.now() < deadline:
             try:
-                await asyncio.wait({waiter}, timeout=None if math.isinf(left) else left)
+                await clock.wait_until(deadline, done)
             except asyncio.CancelledError as exc:
                 cancelled = exc  # keep waiting; raised below
     if is_flag:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from ._aio import Flag, being_cancelled, wait_bounded
 
 if TYPE_CHECKING:
+    from ._clock import Clock
     from ._term import TermRun
 
 __all__ = [
@@ -160,7 +161,17 @@ class Dispatcher:
     makes the error context of a term's callbacks.
     """
 
-    __slots__ = ("_become", "_context", "_done", "_lose", "_on_error", "_queue", "_wake", "grace")
+    __slots__ = (
+        "_become",
+        "_clock",
+        "_context",
+        "_done",
+        "_lose",
+        "_on_error",
+        "_queue",
+        "_wake",
+        "grace",
+    )
 
     def __init__(
         self,
@@ -170,8 +181,10 @@ class Dispatcher:
         context: Callable[[str, TermRun], Mapping[str, Any]],
         on_error: ErrorHandler | None,
         grace: float,
+        clock: Clock,
     ) -> None:
         self._become, self._lose = become, lose
+        self._clock = clock
         self._context = context
         self._on_error = on_error
         self.grace = grace
@@ -204,13 +217,13 @@ class Dispatcher:
             return
         self._queue.append(None)
         self._wake.set()
-        if await wait_bounded(task, self.grace):
+        if await wait_bounded(task, self.grace, self._clock):
             return
         logger.warning(
             "A callback did not finish within %.1fs of stop(); cancelling it", self.grace
         )
         task.cancel()
-        if not await wait_bounded(task, _AFTER_CANCEL):
+        if not await wait_bounded(task, _AFTER_CANCEL, self._clock):
             logger.warning(
                 "A callback did not finish after it was cancelled; stop() goes on without it"
             )

@@ -32,7 +32,7 @@ from typing import Any, Final, Literal
 
 import anyio
 
-from ._aio import Flag
+from ._aio import Flag, wait_bounded
 from ._callbacks import CallbackList, Dispatcher, ErrorHandler, LeaderTask
 from ._channel import Message, Released, Resync, StepDownRequested
 from ._clock import Clock
@@ -121,6 +121,7 @@ class Campaign:
             context=lambda kind, run: self.context(kind, None, run.term),
             on_error=on_error,
             grace=self.grace,
+            clock=clock,
         )
         self.term: TermRun | None = None  # the tasks of the current term, while it runs
         self.background: set[asyncio.Task[None]] = set()  # hand-offs, step-downs on request
@@ -321,15 +322,13 @@ class Campaign:
 
     def begin_term(self, term: Term) -> None:
         """A term began: events, log, its watchdog and tasks, its become callbacks."""
-        run = self.term = TermRun(term, owner=self)
+        run = self.term = TermRun(term, self.clock, owner=self)
         self.follower_event.clear()
         self.leader_event.set()
         logger.info("Became the leader", extra=self.extra(term))
         core = self.core
         run.start_watchdog(
-            self.clock,
-            lambda: core.lease_deadline,
-            lambda: self.apply(core.check(self.clock.now())),
+            lambda: core.lease_deadline, lambda: self.apply(core.check(self.clock.now()))
         )
         for func in self.leader_tasks:
             self._start_leader_task(run, func)
@@ -363,8 +362,9 @@ class Campaign:
         self.apply(self.core.stop(self.clock.now()))
         if run is not None:
             await run.wait_tasks(self.task_wait)
-        if self.background:  # a hand-off in flight releases its own term first
-            await asyncio.wait(set(self.background), timeout=self.shutdown_bound())
+        deadline = self.clock.now() + self.shutdown_bound()
+        for task in list(self.background):  # a hand-off in flight releases its own term first
+            await wait_bounded(task, deadline - self.clock.now(), self.clock)
         await self.release(run.term if run is not None else None)
         self.released.set()
         await self.dispatcher.close()

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ._aio import Waitable
 
@@ -55,6 +56,9 @@ class MonotonicClock:
         if wake is not None and wake.is_set():
             return True
         delay = deadline - time.monotonic()
+        if math.isinf(delay) and wake is not None:
+            await wake.wait()
+            return True
         if wake is None:
             await asyncio.sleep(max(delay, 0.0))
             return False
@@ -74,7 +78,7 @@ class MonotonicClock:
 
 @contextlib.asynccontextmanager
 async def _asyncio_timeout(delay: float) -> AsyncIterator[None]:
-    async with asyncio.timeout(max(delay, 0.0)):
+    async with asyncio.timeout(None if math.isinf(delay) else max(delay, 0.0)):
         yield
 
 
@@ -97,7 +101,7 @@ class FakeClock:
 
     def __init__(self, start: float = 1000.0) -> None:
         self._now = start
-        self._timers: list[tuple[float, int, Callable[[], object]]] = []
+        self._timers: list[_Timer] = []
         self._seq = itertools.count()
 
     def now(self) -> float:
@@ -116,18 +120,21 @@ class FakeClock:
             if not fired.done():
                 fired.set_result(None)
 
-        self.call_at(deadline, fire)
-        if wake is None:
-            await fired
-            return False
-        waker: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
-        pending: list[asyncio.Future[Any]] = [fired, waker]
+        timer = self.call_at(deadline, fire)
         try:
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if wake is None:
+                await fired
+                return False
+            waker: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+            pending: list[asyncio.Future[Any]] = [fired, waker]
+            try:
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waker.cancel()
+                fired.cancel()
+            return wake.is_set()
         finally:
-            waker.cancel()
-            fired.cancel()
-        return wake.is_set()
+            timer.cancel()  # a wait that ended otherwise leaves no timer behind
 
     def timeout(self, delay: float) -> contextlib.AbstractAsyncContextManager[None]:
         """A block that raises ``TimeoutError`` once the clock passed ``delay`` from now."""
@@ -143,22 +150,29 @@ class FakeClock:
                 scope.reschedule(loop.time())  # expires on the loop's next turn
 
         async with asyncio.timeout(None) as scope:
+            timer = None
             if deadline <= self._now:
                 scope.reschedule(loop.time())
-            else:
-                self.call_at(deadline, expire)
+            elif not math.isinf(deadline):
+                timer = self.call_at(deadline, expire)
             try:
                 yield
             finally:
                 inside = False
+                if timer is not None:
+                    timer.cancel()
 
-    def call_at(self, when: float, callback: Callable[[], object]) -> None:
-        """Call ``callback()`` once the clock reaches ``when``."""
-        heapq.heappush(self._timers, (when, next(self._seq), callback))
+    def call_at(self, when: float, callback: Callable[[], object]) -> _Timer:
+        """Call ``callback()`` once the clock reaches ``when``; returns a cancellable handle."""
+        timer = _Timer(when, next(self._seq), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
 
     def next_deadline(self) -> float | None:
-        """The earliest time a wait or deadline is set for, or None."""
-        return self._timers[0][0] if self._timers else None
+        """The earliest time a live wait or deadline is set for, or None."""
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        return self._timers[0].when if self._timers else None
 
     def jump(self, seconds: float) -> None:
         """Move the clock ``seconds`` forward at once, firing no timer and running no task: what
@@ -175,10 +189,17 @@ class FakeClock:
             raise ValueError("a monotonic clock does not go back")
         end = self._now + seconds
         await settle()
-        while self._timers and self._timers[0][0] <= end:
-            when, _, callback = heapq.heappop(self._timers)
-            self._now = max(self._now, when)
-            callback()
+        at_this_instant = 0
+        while (due := self.next_deadline()) is not None and due <= end:
+            timer = heapq.heappop(self._timers)
+            at_this_instant = at_this_instant + 1 if timer.when <= self._now else 0
+            if at_this_instant > _LIVELOCK:
+                raise RuntimeError(
+                    f"{_LIVELOCK} timers fired at fake time {self._now:.6f} without the clock "
+                    "moving on: the code under test keeps waking itself (a livelock)"
+                )
+            self._now = max(self._now, timer.when)
+            timer.callback()
             await settle()
         self._now = end
         await settle()
@@ -197,6 +218,26 @@ class FakeClock:
                 raise TimeoutError(f"the condition did not hold within {limit} fake seconds")
             await self.advance(max(due - self._now, 0.0))
         return self._now - start
+
+
+_LIVELOCK: Final = 100_000  # timers fired at one fake instant before advance() gives up
+
+
+class _Timer:
+    """A callback due at a fake time; ordered by time, then by the order they were set."""
+
+    __slots__ = ("callback", "cancelled", "seq", "when")
+
+    def __init__(self, when: float, seq: int, callback: Callable[[], object]) -> None:
+        self.when, self.seq, self.callback = when, seq, callback
+        self.cancelled = False
+
+    def __lt__(self, other: _Timer) -> bool:
+        return (self.when, self.seq) < (other.when, other.seq)
+
+    def cancel(self) -> None:
+        """Never fire; the clock drops it when it comes up."""
+        self.cancelled = True
 
 
 async def settle(rounds: int = 200) -> None:

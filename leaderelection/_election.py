@@ -189,7 +189,7 @@ class LeaderElection:
         """
         self._require_running()
         c = self._campaign
-        async with asyncio.timeout(timeout):
+        async with self._deadline(timeout):
             while not self.is_leader:
                 if c.leader_event.is_set():
                     # The lease ran out while the loop was busy; the watchdog ends the term on
@@ -208,7 +208,7 @@ class LeaderElection:
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
         """
-        async with asyncio.timeout(timeout):
+        async with self._deadline(timeout):
             while self.is_leader:
                 await self._campaign.follower_event.wait()
 
@@ -304,7 +304,9 @@ class LeaderElection:
         except BaseException:
             # A permanent error or a cancellation: undo what was started, releasing a lock the
             # first attempt may have won, then let the exception through.
-            await wait_shielded(asyncio.ensure_future(self._teardown()), c.shutdown_bound())
+            await wait_shielded(
+                asyncio.ensure_future(self._teardown()), c.shutdown_bound(), self._clock
+            )
             raise
         finally:
             self._start_done.set()
@@ -327,7 +329,7 @@ class LeaderElection:
         c.stop_requested.set()
         c.wake.set()
         if c.state == "starting":  # stop() while start() is in its first attempt
-            await wait_shielded(self._start_done, c.shutdown_bound())
+            await wait_shielded(self._start_done, c.shutdown_bound(), self._clock)
         runner = self._runner
         if runner is None:
             if c.state != "stopped":
@@ -340,8 +342,8 @@ class LeaderElection:
         # Even a cancelled caller waits (boundedly) until the lock is released, so that leaving
         # a cancelled scope or asyncio.run() does not strand the lease; then the callbacks, and
         # the closing of a client made from a URL, which asyncio.run() would otherwise cut short.
-        await wait_shielded(c.released, c.shutdown_bound())
-        await wait_shielded(runner, c.shutdown_bound() + 2 * c.grace)
+        await wait_shielded(c.released, c.shutdown_bound(), self._clock)
+        await wait_shielded(runner, c.shutdown_bound() + 2 * c.grace, self._clock)
 
     async def resign(self) -> None:
         """Hand leadership over now and stay a candidate.
@@ -381,6 +383,13 @@ class LeaderElection:
         at a shutdown (the sync election's threads cannot be cancelled: it waits for them)."""
         c = self._campaign
         c.task_wait = c.grace = c.dispatcher.grace = timeout
+
+    def _deadline(self, timeout: float | None) -> contextlib.AbstractAsyncContextManager[None]:
+        """A block that raises ``TimeoutError`` after ``timeout`` seconds of the election's
+        clock (never, for None)."""
+        if timeout is None:
+            return contextlib.nullcontext()
+        return self._clock.timeout(timeout)
 
     def _require_running(self) -> None:
         state = self._campaign.state

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ._channel import Listener, Message, parse_message
+from ._channel import Listener, Message, notify, parse_message
 from ._clock import Clock, MonotonicClock
 from ._config import ElectionConfig
 from ._exceptions import CorruptLeaderInfoError, StoreError, StoreUnavailableError
@@ -105,7 +105,7 @@ class MemoryServer:
         listeners = self._listeners.get(channel, set())
         message = parse_message(text)
         if message is not None and listeners:
-            asyncio.get_running_loop().call_soon(_deliver, set(listeners), message)
+            asyncio.get_running_loop().call_soon(_deliver, set(listeners), message, channel)
         return len(listeners)
 
     async def call(self, what: str, timeout: float, func: Callable[[], T]) -> T:
@@ -143,9 +143,8 @@ class MemoryServer:
         return True
 
 
-def _deliver(listeners: set[Listener], message: Message) -> None:
-    for listener in listeners:
-        listener(message)
+def _deliver(listeners: set[Listener], message: Message, channel: str) -> None:
+    notify(listeners, message, channel)  # isolated: one listener that raises stops no other
 
 
 async def _forever() -> None:

@@ -72,11 +72,12 @@ class _LeaderTask:
 class TermRun:
     """What one term started: its end signal, its watchdog and its ``while_leader`` tasks."""
 
-    __slots__ = ("_tasks", "_watchdog", "ended", "owner", "term")
+    __slots__ = ("_clock", "_tasks", "_watchdog", "ended", "owner", "term")
 
-    def __init__(self, term: Term, owner: object = None) -> None:
+    def __init__(self, term: Term, clock: Clock, owner: object = None) -> None:
         self.term = term
         self.owner = owner  # who started the term (its campaign)
+        self._clock = clock
         self.ended = Flag()  # set when the term ends; the watchdog returns then
         self._tasks: list[_LeaderTask] = []
         self._watchdog: asyncio.Task[None] | None = None
@@ -86,10 +87,10 @@ class TermRun:
         """The term's ``while_leader`` tasks."""
         return [t.task for t in self._tasks if t.task is not None]
 
-    def start_watchdog(
-        self, clock: Clock, deadline: Callable[[], float], check: Callable[[], None]
-    ) -> None:
+    def start_watchdog(self, deadline: Callable[[], float], check: Callable[[], None]) -> None:
         """Call ``check()`` each time the clock reaches ``deadline()``, until the term ends."""
+
+        clock = self._clock
 
         async def watchdog() -> None:
             while not self.ended.is_set():
@@ -140,10 +141,9 @@ class TermRun:
 
         A task still running then is logged: it ignored its cancellation.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = self._clock.now() + timeout
         for entry in self._tasks:
-            if not await wait_bounded(entry.done, deadline - loop.time()):
+            if not await wait_bounded(entry.done, deadline - self._clock.now(), self._clock):
                 logger.warning(
                     "The while_leader task %s did not finish within %.1fs of the end of its "
                     "term (it ignores cancellation); going on without it",

@@ -47,7 +47,7 @@ class GuardedClock(FakeClock):
         self._real_deadline = time.monotonic() + budget
         self._budget = budget
 
-    def call_at(self, when: float, callback: Callable[[], object]) -> None:
+    def call_at(self, when: float, callback: Callable[[], object]) -> Any:
         def guarded() -> object:
             if time.monotonic() > self._real_deadline:
                 self._real_deadline = float("inf")
@@ -57,7 +57,7 @@ class GuardedClock(FakeClock):
                 )
             return callback()
 
-        super().call_at(when, guarded)
+        return super().call_at(when, guarded)
 
 
 class MakeElection(Protocol):

@@ -319,8 +319,7 @@ async def test_wait_until_leader_times_out_and_follower_returns(
 ) -> None:
     lock_ttl, _, _, _ = seconds(config)
     async with make_election(config) as a, make_election(config) as b:
-        # These timeouts are asyncio's (see the xfail test below): 0 expires on the loop's next
-        # turn, with no real time spent.
+        # A timeout of 0 expires at once, on the election's clock.
         with pytest.raises(TimeoutError):
             await b.wait_until_leader(timeout=0)
         await b.wait_until_follower(timeout=0)
@@ -571,22 +570,14 @@ async def test_resign_right_after_start_returns(
         assert a.statistics().terms_won == 2
 
 
-# ------------------------------------------------ waits that do not go through the election's clock
+# ---------------------------------------------------------- every wait goes through the clock
 #
 # ``_clock.py`` says the election "never reads time, calls asyncio.sleep or sets an
-# asyncio.timeout of its own: it asks its clock". These waits do not: they are kept on the event
-# loop's real clock, so under a FakeClock they neither end when fake time passes nor can a test
-# make them end without waiting for real time. Each test below fails today (strict xfail: it
-# starts to pass, and so to fail, once the wait goes through the clock).
+# asyncio.timeout of its own: it asks its clock". The bounds of stop() on user code and the
+# timeouts of the waits are kept by the election's clock too: under a FakeClock they end when
+# fake time passes, and no test waits for real time.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="stop() bounds a while_leader task that swallows cancellation on real time "
-    "(TermRun.wait_tasks reads loop.time(); Dispatcher grace and stop()'s own bounds use "
-    "asyncio timeouts), not on the election's clock",
-)
 async def test_stop_bounds_a_stubborn_while_leader_task_on_the_election_clock(
     make_election: MakeElection,
     config: ElectionConfig,
@@ -611,18 +602,12 @@ async def test_stop_bounds_a_stubborn_while_leader_task_on_the_election_clock(
         # callbacks: all of it fake time, were the bounds kept by the clock.
         await clock.advance_until(stopping.done, limit=3 * lock_ttl)
     finally:
-        release.set()  # today: end the task so that stop() returns without real waiting
+        release.set()  # let the task that ignored its cancellation end
         await stopping
     assert election.statistics().state == "stopped"
     assert any("did not finish" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="wait_until_leader(timeout=...) is an asyncio.timeout (real time), not a deadline "
-    "of the election's clock",
-)
 async def test_wait_until_leader_timeout_is_kept_by_the_election_clock(
     make_election: MakeElection, config: ElectionConfig, clock: FakeClock
 ) -> None:
