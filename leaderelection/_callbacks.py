@@ -164,6 +164,7 @@ class Dispatcher:
     __slots__ = (
         "_become",
         "_clock",
+        "_closed",
         "_context",
         "_done",
         "_lose",
@@ -185,6 +186,7 @@ class Dispatcher:
     ) -> None:
         self._become, self._lose = become, lose
         self._clock = clock
+        self._closed = False  # close() ran to its end: a second close() has nothing to wait for
         self._context = context
         self._on_error = on_error
         self.grace = grace
@@ -213,20 +215,23 @@ class Dispatcher:
         swallows the cancellation is left to finish on its own, and logged.
         """
         task = self._done
-        if task is None:
+        if task is None or self._closed:
             return
         self._queue.append(None)
         self._wake.set()
-        if await wait_bounded(task, self.grace, self._clock):
-            return
-        logger.warning(
-            "A callback did not finish within %.1fs of stop(); cancelling it", self.grace
-        )
-        task.cancel()
-        if not await wait_bounded(task, _AFTER_CANCEL, self._clock):
+        try:
+            if await wait_bounded(task, self.grace, self._clock):
+                return
             logger.warning(
-                "A callback did not finish after it was cancelled; stop() goes on without it"
+                "A callback did not finish within %.1fs of stop(); cancelling it", self.grace
             )
+            task.cancel()
+            if not await wait_bounded(task, _AFTER_CANCEL, self._clock):
+                logger.warning(
+                    "A callback did not finish after it was cancelled; stop() goes on without it"
+                )
+        finally:
+            self._closed = True
 
     async def _dispatch(self) -> None:
         while True:

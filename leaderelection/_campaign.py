@@ -53,7 +53,7 @@ from ._core import (
 from ._exceptions import StoreError
 from ._exceptions import StoreUnavailableError as _Unavailable
 from ._store import Acquired, Held, Store
-from ._term import TermRun, current_owner
+from ._term import TermRun, current_run
 
 __all__ = ["Campaign", "Lifecycle"]
 
@@ -440,7 +440,10 @@ class Campaign:
         task = asyncio.current_task()
         if task is None:
             return False
-        return task is self.dispatcher.task or current_owner() is self
+        run = current_run()
+        return task is self.dispatcher.task or (
+            run is not None and run.owner is self and run.runs(task)
+        )
 
     def info_json(self, term: Term | None, *, sent_wall: datetime) -> str:
         """The LeaderInfo JSON; without a term, the prefix the acquire script completes."""

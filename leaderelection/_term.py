@@ -31,7 +31,7 @@ from ._callbacks import ErrorHandler, LeaderTask, report
 from ._clock import Clock
 from ._core import Term
 
-__all__ = ["TermRun", "current_owner", "current_term"]
+__all__ = ["TermRun", "current_run", "current_term"]
 
 logger = logging.getLogger("leaderelection")
 
@@ -50,10 +50,10 @@ def current_term() -> Term | None:
     return run.term if run is not None else None
 
 
-def current_owner() -> object | None:
-    """The owner of the term a ``while_leader`` task was started for (None outside one)."""
-    run = _CURRENT_RUN.get()
-    return run.owner if run is not None else None
+def current_run() -> TermRun | None:
+    """The term run a ``while_leader`` task was started for (also seen by the tasks it starts,
+    which copy its context: :meth:`TermRun.runs` tells the task itself apart)."""
+    return _CURRENT_RUN.get()
 
 
 class _LeaderTask:
@@ -86,6 +86,10 @@ class TermRun:
     def tasks(self) -> list[asyncio.Task[None]]:
         """The term's ``while_leader`` tasks."""
         return [t.task for t in self._tasks if t.task is not None]
+
+    def runs(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether ``task`` is one of this term's ``while_leader`` tasks."""
+        return task is not None and any(entry.task is task for entry in self._tasks)
 
     def start_watchdog(self, deadline: Callable[[], float], check: Callable[[], None]) -> None:
         """Call ``check()`` each time the clock reaches ``deadline()``, until the term ends."""
@@ -163,9 +167,10 @@ async def _run_isolated(
     except Exception as exc:
         report(exc, {**context, "callback": entry.func}, on_error)
     except asyncio.CancelledError as exc:
-        if not being_cancelled():
-            # A stray CancelledError (the task awaited something that was cancelled) ends this
-            # task only, like any other exception.
-            report(exc, {**context, "callback": entry.func}, on_error)
+        if being_cancelled():
+            raise  # cancelled from outside (the term's own end is caught by its scope)
+        # A stray CancelledError (the task awaited something that was cancelled) ends this task
+        # only, like any other exception.
+        report(exc, {**context, "callback": entry.func}, on_error)
     finally:
         entry.done.set()

@@ -621,3 +621,57 @@ async def test_wait_until_leader_timeout_is_kept_by_the_election_clock(
         (outcome,) = await asyncio.gather(waiting, return_exceptions=True)
         assert timed_out, "a lease of fake time passed and the wait went on"
         assert isinstance(outcome, TimeoutError)
+
+
+async def test_a_lose_callback_that_ignores_cancellation_is_waited_for_one_lease_only(
+    make_election: MakeElection,
+    config: ElectionConfig,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lock_ttl, _, _, _ = seconds(config)
+    release = asyncio.Event()
+    election = make_election(config)
+
+    @election.on_lose_leadership
+    async def stubborn() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # it swallows cancellation
+                await release.wait()
+
+    await election.start()
+    await clock.advance(0)
+    stopping = asyncio.create_task(election.stop())
+    try:
+        took = await clock.advance_until(stopping.done, limit=3 * lock_ttl)
+    finally:
+        release.set()
+        await stopping
+    assert took < 1.5 * lock_ttl  # one lease of grace (and a moment after the cancel), not two
+    warnings = [r for r in caplog.records if "did not finish" in r.getMessage()]
+    assert len(warnings) == 2  # "within ... of stop(); cancelling it", then "after it was cancelled"
+
+
+async def test_stop_from_a_task_that_a_while_leader_task_started_waits_for_the_shutdown(
+    make_election: MakeElection, config: ElectionConfig, clock: FakeClock
+) -> None:
+    """Only the while_leader task itself (and the callbacks) get stop()'s early return: a task
+    it started is not the code the shutdown waits for."""
+    election = make_election(config)
+    seen: list[str] = []
+    children: list[asyncio.Task[None]] = []
+
+    async def child() -> None:
+        await election.stop()
+        seen.append(election.statistics().state)
+
+    @election.while_leader
+    async def spawns() -> None:
+        children.append(asyncio.create_task(child()))
+        await asyncio.Event().wait()
+
+    await election.start()
+    await clock.advance(0)
+    assert children
+    await clock.advance_until(children[0].done, limit=30)
+    assert seen == ["stopped"]
