@@ -649,7 +649,7 @@ async def test_a_lose_callback_that_ignores_cancellation_is_waited_for_one_lease
         await stopping
     assert took < 1.5 * lock_ttl  # one lease of grace (and a moment after the cancel), not two
     warnings = [r for r in caplog.records if "did not finish" in r.getMessage()]
-    assert len(warnings) == 2  # "within ... of stop(); cancelling it", then "after it was cancelled"
+    assert len(warnings) == 2  # "within ... of stop(); cancelling it", then "after it was ..."
 
 
 async def test_stop_from_a_task_that_a_while_leader_task_started_waits_for_the_shutdown(
