@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from leaderelection import (
     ElectionConfig,
     ElectionNotRunningError,
+    LeaderElection,
     ElectionStatistics,
     LeaderElectionError,
 )
@@ -578,6 +580,30 @@ async def test_resign_right_after_start_returns(
 # fake time passes, and no test waits for real time.
 
 
+def ignoring_cancellation(release: asyncio.Event) -> Callable[[], Awaitable[None]]:
+    """User code that swallows every cancellation and ends only once ``release`` is set."""
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    return stubborn
+
+
+async def stop_on_the_clock(
+    election: LeaderElection, clock: FakeClock, release: asyncio.Event, *, limit: float
+) -> float:
+    """Stop ``election`` while moving the clock; return the fake time stop() took. The stubborn
+    code is released afterwards, so that nothing is left running."""
+    stopping = asyncio.create_task(election.stop())
+    try:
+        return await clock.advance_until(stopping.done, limit=limit)
+    finally:
+        release.set()
+        await stopping
+
+
 async def test_stop_bounds_a_stubborn_while_leader_task_on_the_election_clock(
     make_election: MakeElection,
     config: ElectionConfig,
@@ -587,23 +613,12 @@ async def test_stop_bounds_a_stubborn_while_leader_task_on_the_election_clock(
     lock_ttl, _, _, _ = seconds(config)
     release = asyncio.Event()
     election = make_election(config)
-
-    @election.while_leader
-    async def stubborn() -> None:
-        while not release.is_set():
-            with contextlib.suppress(asyncio.CancelledError):  # it swallows cancellation
-                await release.wait()
-
+    election.while_leader(ignoring_cancellation(release))
     await election.start()
     await clock.advance(0)
-    stopping = asyncio.create_task(election.stop())
-    try:
-        # call_timeout (3 s) for the task before the release, a lease of grace before the lose
-        # callbacks: all of it fake time, were the bounds kept by the clock.
-        await clock.advance_until(stopping.done, limit=3 * lock_ttl)
-    finally:
-        release.set()  # let the task that ignored its cancellation end
-        await stopping
+    # call_timeout (3 s) for the task before the release, a lease of grace before the lose
+    # callbacks: all of it fake time, since the bounds are kept by the clock.
+    await stop_on_the_clock(election, clock, release, limit=3 * lock_ttl)
     assert election.statistics().state == "stopped"
     assert any("did not finish" in r.getMessage() for r in caplog.records)
 
@@ -632,21 +647,10 @@ async def test_a_lose_callback_that_ignores_cancellation_is_waited_for_one_lease
     lock_ttl, _, _, _ = seconds(config)
     release = asyncio.Event()
     election = make_election(config)
-
-    @election.on_lose_leadership
-    async def stubborn() -> None:
-        while not release.is_set():
-            with contextlib.suppress(asyncio.CancelledError):  # it swallows cancellation
-                await release.wait()
-
+    election.on_lose_leadership(ignoring_cancellation(release))
     await election.start()
     await clock.advance(0)
-    stopping = asyncio.create_task(election.stop())
-    try:
-        took = await clock.advance_until(stopping.done, limit=3 * lock_ttl)
-    finally:
-        release.set()
-        await stopping
+    took = await stop_on_the_clock(election, clock, release, limit=3 * lock_ttl)
     assert took < 1.5 * lock_ttl  # one lease of grace (and a moment after the cancel), not two
     warnings = [r for r in caplog.records if "did not finish" in r.getMessage()]
     assert len(warnings) == 2  # "within ... of stop(); cancelling it", then "after it was ..."
