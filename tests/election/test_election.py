@@ -20,8 +20,8 @@ import pytest
 from leaderelection import (
     ElectionConfig,
     ElectionNotRunningError,
-    LeaderElection,
     ElectionStatistics,
+    LeaderElection,
     LeaderElectionError,
 )
 from leaderelection.testing import FakeClock, MemoryServer
