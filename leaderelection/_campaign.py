@@ -237,11 +237,12 @@ class Campaign:
                 self.info_json(None, sent_wall=_utcnow()),
                 self.timings.lock_ttl_ms,
                 unknown_tokens=unknown,
-                min_uptime_s=self.timings.restart_uptime_s,
+                min_uptime_s=self.timings.restart_uptime_s if self.config.restart_protection else 0,
                 timeout=self.timings.call_timeout,
                 check_role=first,
             )
         except StoreError as exc:
+            core.last_error = str(exc)
             delay = core.acquire_failed(now=clock.now(), token=token)
             if first and isinstance(exc, _Unavailable):
                 # A retrying client can hide a wrong password behind a timeout: look once.
@@ -258,6 +259,7 @@ class Campaign:
             )
             return
         now = clock.now()
+        core.last_error = None
         if isinstance(result, Acquired):
             self.apply(
                 core.acquired(
@@ -295,6 +297,7 @@ class Campaign:
                 timeout=core.renew_timeout(sent),
             )
         except StoreError as exc:
+            core.last_error = str(exc)
             logger.warning("Heartbeat failed, retrying: %s", exc, extra=self.extra(term))
             self.apply(core.renew_failed(token=token, now=clock.now()))
             return
@@ -306,6 +309,7 @@ class Campaign:
             self.apply(core.renew_failed(token=token, now=clock.now()))
             return
         now = clock.now()
+        core.last_error = None
         if ok:
             logger.debug("Heartbeat sent", extra=self.extra(term))
             self.apply(core.renewed(token=token, sent_at=sent, now=now))

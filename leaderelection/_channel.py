@@ -14,6 +14,14 @@ observer on that client, so a thousand candidates in one process cost one connec
 listener task is supervised: a listener that raises is reported and the others still hear every
 message; a lost connection, or anything unexpected, is logged and the subscription is made again
 with backoff, after which every listener hears :class:`Resync` (a message may have been missed).
+
+On a Redis Cluster the channel lives on the node that owns the election's slot (its keys' hash
+tag): the hub subscribes there, to the shard channel (``SSUBSCRIBE``, Redis 7+ and Valkey; a plain
+``SUBSCRIBE`` on Redis 6.2, whose ``PUBLISH`` reaches every node). A failover or a slot move ends
+that subscription (the node fails, or the server sends ``sunsubscribe``); the hub then refreshes
+the cluster's map and subscribes on the slot's new owner, and listeners hear :class:`Resync`. On
+a cluster the hub is one per client and slot, so elections of different names on one cluster
+client subscribe on their own nodes.
 """
 
 from __future__ import annotations
@@ -26,11 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Protocol
 
+import redis.asyncio
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 
 from ._aio import Flag, close_client
+from ._connect import UrlClient, is_cluster, resolve_client
 from ._exceptions import StoreAuthenticationError
 
 __all__ = [
@@ -129,6 +140,10 @@ def notify(listeners: set[Listener] | None, message: Message, channel: str) -> N
 _READ_TIMEOUT: Final = 1.0  # seconds a pub/sub read waits before the listener looks around
 
 
+class _ShardMoved(Exception):
+    """The server ended a shard-channel subscription: the slot moved to another node."""
+
+
 class ChannelHub:
     """One pub/sub subscription per Redis client, shared by every election on that client.
 
@@ -136,7 +151,9 @@ class ChannelHub:
     it and waits for it. After a reconnect every listener hears :class:`Resync`.
     """
 
-    _hubs: ClassVar[weakref.WeakKeyDictionary[Any, ChannelHub]] = weakref.WeakKeyDictionary()
+    _hubs: ClassVar[weakref.WeakKeyDictionary[Any, dict[int | None, ChannelHub]]] = (
+        weakref.WeakKeyDictionary()
+    )
 
     def __init__(self, client: Any, translate: Callable[[BaseException, str], Exception]) -> None:
         self._client = client
@@ -145,23 +162,31 @@ class ChannelHub:
         self._active: dict[str, Flag] = {}  # set once the server confirmed the subscription
         self._task: asyncio.Task[None] | None = None
         self._pubsub: Any = None
+        self._sharded = False  # the live subscription is to shard channels
 
     @classmethod
     def for_client(
-        cls, client: Any, translate: Callable[[BaseException, str], Exception]
+        cls, client: Any, translate: Callable[[BaseException, str], Exception], channel: str
     ) -> ChannelHub | None:
-        """The hub of ``client``, or None when the client cannot subscribe (RedisCluster).
+        """The hub of ``client`` for ``channel``, or None when the client cannot subscribe.
 
-        ``translate(exc, what)`` turns a redis error into the library's own.
+        ``translate(exc, what)`` turns a redis error into the library's own. On a cluster client
+        the hub is the one of the channel's slot.
         """
-        if not callable(getattr(client, "pubsub", None)):
+        if not (
+            isinstance(client, UrlClient)
+            or is_cluster(client)
+            or callable(getattr(client, "pubsub", None))
+        ):
             return None
+        slot = key_slot(channel.encode()) if is_cluster(client) else None
         try:
-            hub = cls._hubs.get(client)
+            hubs = cls._hubs.setdefault(client, {})
         except TypeError:  # not weak-referenceable
             return cls(client, translate)
+        hub = hubs.get(slot)
         if hub is None:
-            hub = cls._hubs[client] = cls(client, translate)
+            hub = hubs[slot] = cls(client, translate)
         return hub
 
     async def add(self, channel: str, listener: Listener) -> None:
@@ -177,7 +202,10 @@ class ChannelHub:
         elif len(listeners) == 1 and self._pubsub is not None:
             with contextlib.suppress(rx.RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(1.0):
-                    await self._pubsub.subscribe(channel)
+                    if self._sharded:
+                        await self._pubsub.ssubscribe(channel)
+                    else:
+                        await self._pubsub.subscribe(channel)
 
     def is_active(self, channel: str) -> bool:
         """Whether the server has confirmed the subscription to ``channel``."""
@@ -205,13 +233,20 @@ class ChannelHub:
                 if self._pubsub is not None and self._listeners:
                     with contextlib.suppress(rx.RedisError, OSError, TimeoutError):
                         async with asyncio.timeout(1.0):
-                            await self._pubsub.unsubscribe(channel)
+                            if self._sharded:
+                                await self._pubsub.sunsubscribe(channel)
+                            else:
+                                await self._pubsub.unsubscribe(channel)
         if not self._listeners:
             # The registry's value holds the client strongly: drop the entry with the last
             # listener, or every client ever used would stay alive.
             with contextlib.suppress(TypeError):
-                if self._hubs.get(self._client) is self:
-                    del self._hubs[self._client]
+                hubs = self._hubs.get(self._client, {})
+                for slot, hub in list(hubs.items()):
+                    if hub is self:
+                        del hubs[slot]
+                if not hubs:
+                    self._hubs.pop(self._client, None)
         if not self._listeners and self._task is not None:
             task, self._task = self._task, None
             # redis-py can swallow a cancellation that lands inside a pub/sub read, so cancel
@@ -245,12 +280,15 @@ class ChannelHub:
                         )
                     else:
                         logger.debug("Release subscription lost, reconnecting: %s", exc)
+                except _ShardMoved as exc:
+                    logger.debug("Release subscription moved, subscribing again: %s", exc)
                 except Exception:
                     logger.exception(
                         "The channel listener failed unexpectedly; subscribing again in %.2fs",
                         backoff,
                     )
                 resync = True
+                await self._refresh_cluster_map()
                 if not self._listeners:
                     break
                 await asyncio.sleep(backoff)
@@ -258,19 +296,57 @@ class ChannelHub:
         except asyncio.CancelledError:
             pass
 
+    async def _refresh_cluster_map(self) -> None:
+        """After a lost cluster subscription: learn the slots' owners again (a failover)."""
+        client = self._client.resolved if isinstance(self._client, UrlClient) else self._client
+        if not is_cluster(client):
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await client.nodes_manager.initialize()
+
+    async def _open(self) -> tuple[Any, Any]:
+        """A pub/sub of the channels' server, and the client to close with it (or None).
+
+        On a cluster: a connection of its own to the node that owns the channels' slot."""
+        client = await resolve_client(self._client)
+        if not is_cluster(client):
+            return client.pubsub(), None
+        node = client.get_node_from_key(next(iter(self._listeners)))
+        own = redis.asyncio.Redis(
+            connection_pool=redis.asyncio.ConnectionPool(
+                connection_class=node.connection_class, **node.connection_kwargs
+            )
+        )
+        return own.pubsub(), own
+
+    async def _subscribe(self, pubsub: Any, own: Any, channels: list[str]) -> None:
+        if own is not None and callable(getattr(pubsub, "ssubscribe", None)):
+            try:
+                await pubsub.ssubscribe(*channels)
+                self._sharded = True
+                return
+            except rx.ResponseError as exc:
+                if "unknown" not in str(exc).lower():
+                    raise
+        self._sharded = False  # Redis 6.2: its cluster broadcasts PUBLISH to every node
+        await pubsub.subscribe(*channels)
+
     async def _listen(self, resync: bool) -> None:
-        pubsub = self._client.pubsub()
+        own: Any = None
+        pubsub: Any = None
         conn: Any = None
         retry: Any = None
         try:
+            pubsub, own = await self._open()
             channels = list(self._listeners)
-            await pubsub.subscribe(*channels)
+            await self._subscribe(pubsub, own, channels)
             # Published only once connected: an add() meanwhile must not subscribe on its own
             # (redis-py would open a second connection that nobody reads).
             self._pubsub = pubsub
             missing = [c for c in self._listeners if c not in channels]
             if missing:
-                await pubsub.subscribe(*missing)
+                await self._subscribe(pubsub, own, missing)
             # A client with retries would reconnect and resubscribe inside a read without telling
             # us, and a release published meanwhile would be lost unnoticed: turn retries off on
             # this connection, so that every loss reaches the supervisor.
@@ -286,21 +362,26 @@ class ChannelHub:
                 if message is None:
                     continue
                 channel = _text(message["channel"])
-                if message.get("type") == "message":
+                kind = message.get("type")
+                if kind in ("message", "smessage"):
                     parsed = parse_message(_text(message["data"]))
                     if parsed is not None:
                         notify(self._listeners.get(channel), parsed, channel)
-                elif message.get("type") == "subscribe" and channel in self._active:
+                elif kind in ("subscribe", "ssubscribe") and channel in self._active:
                     self._active[channel].set()
+                elif kind == "sunsubscribe" and channel in self._listeners:
+                    raise _ShardMoved(f"the server ended the subscription to {channel}")
         finally:
             self._pubsub = None
             for flag in self._active.values():
                 flag.clear()
             if conn is not None and retry is not None:
                 conn.retry = retry  # the connection goes back to the client's pool
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    await asyncio.shield(close_client(pubsub))
+            for each in (pubsub, own):
+                if each is not None:
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(1.0):
+                            await asyncio.shield(close_client(each))
 
 
 def _text(value: object) -> str:

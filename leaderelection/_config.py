@@ -86,6 +86,15 @@ def parse_duration(value: object) -> timedelta:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
+
+def _count(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number such as 0, 1 or 2, not a bool")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_count)]
+
 _ENV = {
     "lock_ttl": "LEADER_ELECTION_LOCK_TTL",
     "heartbeat_interval": "LEADER_ELECTION_HEARTBEAT_INTERVAL",
@@ -96,6 +105,8 @@ _ENV = {
     "name": "LEADER_ELECTION_NAME",
     "key_prefix": "LEADER_ELECTION_KEY_PREFIX",
     "metadata": "LEADER_ELECTION_METADATA",
+    "min_replicas": "LEADER_ELECTION_MIN_REPLICAS",
+    "restart_protection": "LEADER_ELECTION_RESTART_PROTECTION",
 }
 
 
@@ -150,6 +161,16 @@ class ElectionConfig(BaseModel):
             mapping, a JSON object, or ``"key=value,key=value"`` text; keys of 1 to 64 characters
             ``A-Z a-z 0-9 _ . -``, at most 32 entries and 4 KB in all. Default none.
             Read-only. Env ``LEADER_ELECTION_METADATA``.
+        min_replicas: Replicas that must acknowledge a write before it counts: a term begins,
+            and a renewal extends the local lease, only once this many replicas of the lock's
+            server acknowledged it (``WAIT`` within the call's deadline). Closes most of the
+            window in which a failover loses a just-granted term, for one more round trip per
+            write. Default 0 (no waiting). Env ``LEADER_ELECTION_MIN_REPLICAS``.
+        restart_protection: Hold a free lock back on a server that started less than
+            ``ceil(lock_ttl) + 1`` seconds ago, in case it lost the lock of a leader that is
+            still alive. Default True. Turn it off only with ``appendfsync always``, or when a
+            lost lease costs nothing (local development). Env
+            ``LEADER_ELECTION_RESTART_PROTECTION`` (``true``/``false``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
@@ -167,6 +188,8 @@ class ElectionConfig(BaseModel):
     instance_id: str | None = Field(default=None, min_length=1, max_length=200)
     hostname: str = Field(default_factory=socket.gethostname, min_length=1, max_length=255)
     metadata: Metadata = Field(default_factory=FrozenMetadata)
+    min_replicas: Count = Field(default=0, ge=0, le=100)
+    restart_protection: bool = True
 
     def __init__(self, **data: Any) -> None:
         try:

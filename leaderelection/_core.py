@@ -104,10 +104,14 @@ class Timings:
     def restart_uptime_s(self) -> int:
         """Server uptime (s) required before a free lock is granted (restart protection).
 
-        INFO reports whole seconds and can read 1 a few ms after start, so ``uptime >
-        ceil(lock_ttl) + 1`` is the safe reading: any leader of the lost data set has stepped down.
+        ``uptime_in_seconds`` is the difference of two wall-clock readings cut to whole seconds
+        (the start and now; Redis caches "now" a little stale, which only makes it smaller), so
+        a reading of ``u`` means more than ``u - 1`` seconds have passed. Asking for
+        ``ceil(lock_ttl) + 1`` therefore guarantees more than ``ceil(lock_ttl)`` seconds since
+        the server started: any leader of the lost data set renewed before that start, and has
+        stepped down within ``renew_deadline < lock_ttl`` of its last renewal.
         """
-        return math.ceil(self.lock_ttl) + 2
+        return math.ceil(self.lock_ttl) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +193,8 @@ class ElectionStatistics:
         last_renew_latency: Round trip of the last successful renewal, seconds.
         store_errors: Store calls that failed (acquire, renew, release).
         restart_protection: True while elections are held back after a Redis restart.
+        last_error: Why the last acquire or renewal failed (for example too few replicas
+            acknowledged it, with ``min_replicas``), or None once one succeeds again.
     """
 
     state: str
@@ -204,6 +210,7 @@ class ElectionStatistics:
     last_renew_latency: float | None
     store_errors: int
     restart_protection: bool
+    last_error: str | None = None
 
     @classmethod
     def initial(cls, instance_id: str, state: str = "new") -> ElectionStatistics:
@@ -249,6 +256,7 @@ class ElectionCore:
         self.renew_failures = 0
         self.store_errors = 0
         self.last_renew_latency: float | None = None
+        self.last_error: str | None = None  # why the last acquire or renewal failed
 
     # ----------------------------------------------------------------------------- queries
 
@@ -305,6 +313,7 @@ class ElectionCore:
             last_renew_latency=self.last_renew_latency,
             store_errors=self.store_errors,
             restart_protection=self.restart_protection,
+            last_error=self.last_error,
         )
 
     # ---------------------------------------------------------------------- follower inputs

@@ -8,6 +8,7 @@ Every exception the library raises on purpose derives from :class:`LeaderElectio
     ├── ElectionNotRunningError     waiting on an election that is not started or was stopped
     └── StoreError                  a problem with the Redis store
         ├── StoreUnavailableError   cannot reach Redis, or it did not answer in time (transient)
+        │   └── ReplicasMissingError  fewer replicas than min_replicas acknowledged a write
         ├── StoreAuthenticationError  wrong password, missing ACL permission
         ├── StoreReadOnlyError      connected to a read-only replica
         ├── WrongKeyTypeError       an election key holds a value of another type
@@ -26,6 +27,7 @@ __all__ = [
     "CorruptLeaderInfoError",
     "ElectionNotRunningError",
     "LeaderElectionError",
+    "ReplicasMissingError",
     "StoreAuthenticationError",
     "StoreError",
     "StoreReadOnlyError",
@@ -54,6 +56,14 @@ class StoreUnavailableError(StoreError):
     """Redis could not be reached or did not answer within the call's deadline.
 
     Transient: the election retries with backoff and stays a follower meanwhile.
+    """
+
+
+class ReplicasMissingError(StoreUnavailableError):
+    """Fewer replicas than ``ElectionConfig.min_replicas`` acknowledged a write in time.
+
+    Transient: a term does not begin (or a renewal does not extend the local lease) until enough
+    replicas acknowledge; the election keeps trying meanwhile.
     """
 
 

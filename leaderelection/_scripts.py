@@ -11,7 +11,26 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-__all__ = ["ACQUIRE", "READ", "RELEASE", "RENEW", "SHA"]
+__all__ = ["ACQUIRE", "NO_INFO", "READ", "RELEASE", "RENEW", "SHA", "STEP_DOWN"]
+
+# Sends ARGV[n] on channel ARGV[m] without failing the script: SPUBLISH (the shard channel, on
+# the node that owns the slot) when ARGV[s] is "1" and the server has it (Redis 7+, Valkey),
+# else PUBLISH (Redis 6.2 broadcasts it over the cluster bus). Returns the reply or the error.
+_ANNOUNCE = """
+local function announce(sharded, channel, message)
+  if sharded == '1' then
+    local sent = redis.pcall('SPUBLISH', channel, message)
+    if type(sent) ~= 'table' or not string.find(string.lower(sent.err or ''), 'unknown', 1, true)
+    then
+      return sent
+    end
+  end
+  return redis.pcall('PUBLISH', channel, message)
+end
+"""
+
+NO_INFO: Final = "LEADERELECTION-NOINFO"
+"""The error code of an acquire whose server refused INFO (restart protection needs it)."""
 
 # KEYS[1] lock key, KEYS[2] info key, KEYS[3] fence key
 # ARGV[1] the new term's random token
@@ -26,14 +45,21 @@ __all__ = ["ACQUIRE", "READ", "RELEASE", "RENEW", "SHA"]
 #         since a replica only shows it is read-only once a write is tried)
 # ARGV[7] the election's channel, on which the new term is announced ("A " and the info JSON) for
 #         observers; "" to announce nothing
+# ARGV[8] "1" to announce on the shard channel (Redis Cluster), else ""
 # Returns {1, fencing token (string), lease ms}         acquired
 #         {0, remaining lease ms, info JSON or false}   held by someone else
 #         {2, wait ms, server uptime s}                 held back by restart protection
+#         error LEADERELECTION-NOINFO when the server refuses INFO and restart protection is on
 # The fencing token is max(previous + 1, server time in microseconds), kept as a Redis integer
 # string: Lua numbers are doubles and would print a 16-digit token in exponent form.
-ACQUIRE: Final = """
-if ARGV[6] == '1' and string.find(redis.call('INFO', 'replication'), 'role:slave', 1, true) then
-  return redis.error_reply("READONLY You can't write against a read only replica.")
+ACQUIRE: Final = (
+    _ANNOUNCE
+    + """
+if ARGV[6] == '1' then
+  local replication = redis.pcall('INFO', 'replication')  -- refused: the writes will tell
+  if type(replication) == 'string' and string.find(replication, 'role:slave', 1, true) then
+    return redis.error_reply("READONLY You can't write against a read only replica.")
+  end
 end
 local holder = redis.call('GET', KEYS[1])
 local ours = holder and holder ~= ''
@@ -43,7 +69,11 @@ if holder and not ours then
 end
 local need = tonumber(ARGV[5])
 if not holder and need > 0 then
-  local uptime = tonumber(string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)'))
+  local server = redis.pcall('INFO', 'server')
+  if type(server) ~= 'string' then
+    return redis.error_reply('LEADERELECTION-NOINFO ' .. tostring(server.err))
+  end
+  local uptime = tonumber(string.match(server, 'uptime_in_seconds:(%d+)'))
   if uptime < need then
     return {2, (need - uptime) * 1000, uptime}
   end
@@ -66,10 +96,11 @@ local info = ARGV[3] .. ',"fencing_token":' .. token .. '}'
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[2], info, 'PX', ARGV[2])
 if ARGV[7] ~= '' then
-  redis.pcall('PUBLISH', ARGV[7], 'A ' .. info)  -- for observers only: a refusal changes nothing
+  announce(ARGV[8], ARGV[7], 'A ' .. info)  -- for observers only: a refusal changes nothing
 end
 return {1, token, tonumber(ARGV[2])}
 """
+)
 
 # KEYS[1] lock key, KEYS[2] info key
 # ARGV[1] our term's token, ARGV[2] lease length in ms, ARGV[3] the new info record (JSON)
@@ -91,7 +122,9 @@ return 0
 # Publishes "R <fencing token> <instance id>".
 # Returns 1 when the lock held one of them and is now deleted (and followers were told), 0 when
 # it held none, {3, error} when it was deleted but the server refused the PUBLISH (an ACL).
-RELEASE: Final = """
+RELEASE: Final = (
+    _ANNOUNCE
+    + """
 local holder = redis.call('GET', KEYS[1])
 local ours = holder and holder ~= ''
   and string.find(',' .. ARGV[1] .. ',', ',' .. holder .. ',', 1, true)
@@ -101,7 +134,7 @@ if ours then
     fence = redis.call('GET', KEYS[3]) or '0'
   end
   redis.call('DEL', KEYS[1], KEYS[2])
-  local published = redis.pcall('PUBLISH', ARGV[2], 'R ' .. fence .. ' ' .. ARGV[3])
+  local published = announce(ARGV[5], ARGV[2], 'R ' .. fence .. ' ' .. ARGV[3])
   if type(published) == 'table' and published.err then
     return {3, published.err}
   end
@@ -109,6 +142,21 @@ if ours then
 end
 return 0
 """
+)
+
+# KEYS[1] lock key (routes the call to the node of the election's slot)
+# ARGV[1] the election's channel, ARGV[2] the message, ARGV[3] "1" for the shard channel
+# Returns how many subscribers received it.
+STEP_DOWN: Final = (
+    _ANNOUNCE
+    + """
+local sent = announce(ARGV[3], ARGV[1], ARGV[2])
+if type(sent) == 'table' and sent.err then
+  return redis.error_reply(sent.err)
+end
+return sent
+"""
+)
 
 # KEYS[1] lock key, KEYS[2] info key
 # Returns {info JSON or false, remaining lease in ms (PTTL: -2 when there is no lock)}
@@ -117,5 +165,6 @@ return {redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1])}
 """
 
 SHA: Final = {
-    src: hashlib.sha1(src.encode()).hexdigest() for src in (ACQUIRE, RENEW, RELEASE, READ)
+    src: hashlib.sha1(src.encode()).hexdigest()
+    for src in (ACQUIRE, RENEW, RELEASE, READ, STEP_DOWN)
 }

@@ -20,19 +20,21 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 import redis as _redis_sync
-import redis.asyncio
 from pydantic import ValidationError
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
 
 from ._aio import close_client
 from ._channel import ChannelHub, Hub
 from ._clock import Clock, MonotonicClock
 from ._config import ElectionConfig
+from ._connect import UrlClient, is_cluster, resolve_client
 from ._exceptions import (
     ConfigurationError,
     CorruptLeaderInfoError,
+    ReplicasMissingError,
     StoreAuthenticationError,
     StoreError,
     StoreReadOnlyError,
@@ -40,7 +42,7 @@ from ._exceptions import (
     WrongKeyTypeError,
 )
 from ._info import LeaderInfo
-from ._scripts import ACQUIRE, READ, RELEASE, RENEW, SHA
+from ._scripts import ACQUIRE, NO_INFO, READ, RELEASE, RENEW, SHA, STEP_DOWN
 
 __all__ = [
     "AcquireResult",
@@ -168,6 +170,42 @@ _NO_PERMISSION: Final = (
 def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> StoreError:
     """Translate a redis-py (or socket) exception into the library's own, naming what to fix."""
     message = str(exc).rstrip(".")
+    if NO_INFO in message:
+        return StoreAuthenticationError(
+            f"Redis refuses INFO inside scripts while {what} "
+            f"({message.replace(NO_INFO, '').strip()}): restart protection reads the server's "
+            "uptime with it. Allow INFO for the "
+            "election's user, or turn the protection off with restart_protection=False "
+            "(LEADER_ELECTION_RESTART_PROTECTION=false), only with appendfsync always or when a "
+            "lost lease costs nothing"
+        )
+    if isinstance(exc, MasterNotFoundError):
+        return StoreUnavailableError(
+            f"no Sentinel named a reachable master while {what}: {message}. Check the sentinels' "
+            "addresses and the service name in the redis+sentinel:// URL"
+        )
+    if isinstance(exc, rx.ClusterDownError) or message.startswith("CLUSTERDOWN"):
+        return StoreUnavailableError(
+            f"the Redis Cluster is down while {what} ({message}): it serves the election's slot "
+            "again once a replica of the failed master is promoted"
+        )
+    if isinstance(exc, rx.TryAgainError) or message.startswith("TRYAGAIN"):
+        return StoreUnavailableError(
+            f"the Redis Cluster asked to try again while {what} ({message}): the election's slot "
+            "is being moved"
+        )
+    if isinstance(exc, rx.AskError) or message.startswith(("MOVED ", "ASK ")):
+        return StoreError(
+            f"a Redis Cluster node redirected the call while {what} ({message}) to the node that "
+            "owns the election's slot, and this client does not follow redirections: pass a "
+            "redis:// URL of any node (the library detects cluster mode) or a RedisCluster client"
+        )
+    if isinstance(exc, rx.ClusterCrossSlotError) or message.startswith("CROSSSLOT"):
+        return StoreError(
+            f"the election's keys ({', '.join(keys) or 'unknown'}) are in different cluster slots "
+            f"while {what}: {message}. Give lock_key and info_key one hash tag, e.g. "
+            "'myapp:{leader}:lock' and 'myapp:{leader}:info'"
+        )
     if isinstance(exc, rx.AuthenticationError | rx.AuthenticationWrongNumberOfArgsError):
         return StoreAuthenticationError(
             f"Redis refused the credentials while {what}: {message}. Check the password and user "
@@ -177,12 +215,14 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
         return StoreAuthenticationError(
             f"the Redis user lacks a permission needed while {what}: {message}. Grant EVALSHA, "
             "EVAL, GET, SET, PEXPIRE, PTTL, DEL, INCR, PUBLISH, SUBSCRIBE, UNSUBSCRIBE, INFO and "
-            "TIME on the election's keys and channel (docs/security.md has the exact ACL)"
+            "TIME on the election's keys and channel, and on a Redis Cluster SPUBLISH, "
+            "SSUBSCRIBE and SUNSUBSCRIBE (docs/security.md has the exact ACL)"
         )
     if isinstance(exc, rx.ReadOnlyError) or "READONLY" in message:
         return StoreReadOnlyError(
             f"Redis is a read-only replica ({message}) while {what}: point the election at the "
-            "primary"
+            "primary, or, for a Sentinel-managed Redis, use a redis+sentinel:// URL so that the "
+            "master is found again after a failover"
         )
     if "WRONGTYPE" in message:
         return WrongKeyTypeError(
@@ -195,7 +235,13 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
 
 
 class RedisStore:
-    """The lease of one election on one Redis client (``redis.asyncio.Redis`` or RedisCluster)."""
+    """The lease of one election on one Redis client: ``redis.asyncio.Redis`` (also one from
+    ``Sentinel.master_for``), ``RedisCluster``, or the :class:`UrlClient` of a URL.
+
+    With ``min_replicas`` above 0, every write that grants or extends a term is followed, in the
+    same round trip and on the same connection, by ``WAIT min_replicas``; a write that fewer
+    replicas acknowledged within the call's deadline raises :class:`ReplicasMissingError`.
+    """
 
     def __init__(
         self,
@@ -206,11 +252,13 @@ class RedisStore:
         fence_key: str,
         channel: str,
         clock: Clock | None = None,
+        min_replicas: int = 0,
     ) -> None:
         self._client = client
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._keys = (lock_key, info_key, fence_key)
         self._channel = channel
+        self._min_replicas = min_replicas
         # An in-process fakeredis server dies with the process and cannot lose data under a live
         # leader, and it has no INFO: restart protection does not apply to it.
         self._in_process = any(c.__module__.startswith("fakeredis") for c in type(client).__mro__)
@@ -227,6 +275,7 @@ class RedisStore:
             fence_key=config.fence_key,
             channel=config.release_channel,
             clock=clock,
+            min_replicas=config.min_replicas,
         )
 
     @property
@@ -242,12 +291,13 @@ class RedisStore:
     @property
     def hub(self) -> Hub | None:
         """The client's channel subscription (None for a client that cannot subscribe)."""
-        return ChannelHub.for_client(self._client, translate)
+        return ChannelHub.for_client(self._client, translate, self._channel)
 
-    async def _bounded(self, what: str, timeout: float, call: Callable[[], Awaitable[T]]) -> T:
+    async def _bounded(self, what: str, timeout: float, call: Callable[[Any], Awaitable[T]]) -> T:
+        """``call(client)`` under ``timeout``, with redis errors translated."""
         try:
             async with self._clock.timeout(max(timeout, 0.0)):
-                return await call()
+                return await call(await resolve_client(self._client))
         except TimeoutError as exc:
             raise StoreUnavailableError(
                 f"Redis did not answer within {timeout:.3g}s while {what}"
@@ -255,11 +305,47 @@ class RedisStore:
         except (rx.RedisError, OSError) as exc:
             raise translate(exc, what, self._keys) from exc
 
-    async def _script(self, src: str, nkeys: int, *args: object) -> Any:
+    @staticmethod
+    async def _script(client: Any, src: str, nkeys: int, *args: object) -> Any:
         try:
-            return await self._client.evalsha(SHA[src], nkeys, *args)
+            return await client.evalsha(SHA[src], nkeys, *args)
         except rx.NoScriptError:
-            return await self._client.eval(src, nkeys, *args)
+            return await client.eval(src, nkeys, *args)
+
+    async def _write(self, client: Any, timeout: float, src: str, nkeys: int, *args: Any) -> Any:
+        """Run a script that may grant or extend a term; with ``min_replicas``, also WAIT.
+
+        Returns the script's reply, or ``(reply, replicas that acknowledged)`` with
+        ``min_replicas``. The WAIT follows the script in one pipeline, so it is sent on the
+        script's connection (WAIT counts the acknowledgements of its own connection's writes)
+        and costs no extra round trip. On a cluster it goes to the node of the election's slot.
+        """
+        if self._min_replicas == 0:
+            return await self._script(client, src, nkeys, *args)
+        wait_ms = max(1, int(timeout * 900))  # leave a tenth of the deadline for the reply
+        target = {"target_nodes": client.get_node_from_key(args[0])} if is_cluster(client) else {}
+        for cached in (True, False):
+            pipe = client.pipeline(transaction=False)
+            if cached:
+                pipe.evalsha(SHA[src], nkeys, *args)
+            else:
+                pipe.eval(src, nkeys, *args)
+            pipe.execute_command("WAIT", self._min_replicas, wait_ms, **target)
+            reply, acknowledged = await pipe.execute(raise_on_error=False)
+            if cached and isinstance(reply, rx.NoScriptError):
+                continue
+            for result in (reply, acknowledged):
+                if isinstance(result, BaseException):
+                    raise result
+            return reply, int(acknowledged)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _missing(self, acknowledged: int, what: str, timeout: float) -> ReplicasMissingError:
+        return ReplicasMissingError(
+            f"only {acknowledged} of min_replicas={self._min_replicas} replicas acknowledged "
+            f"{what} within {timeout:.3g}s: it does not count until they do. Check that the "
+            "replicas are connected (INFO replication), or lower min_replicas"
+        )
 
     async def acquire(
         self,
@@ -278,7 +364,9 @@ class RedisStore:
         reply = await self._bounded(
             "acquiring the lock",
             timeout,
-            lambda: self._script(
+            lambda client: self._write(
+                client,
+                timeout,
                 ACQUIRE,
                 3,
                 *self._keys,
@@ -289,10 +377,16 @@ class RedisStore:
                 0 if self._in_process else min_uptime_s,
                 "1" if check_role and not self._in_process else "0",
                 self._channel if announce else "",
+                "1" if is_cluster(client) else "",
             ),
         )
+        acknowledged = None
+        if self._min_replicas:
+            reply, acknowledged = reply
         kind = int(reply[0])
         if kind == 1:
+            if acknowledged is not None and acknowledged < self._min_replicas:
+                raise self._missing(acknowledged, "the new term", timeout)
             return Acquired(fencing_token=int(_text(reply[1])))
         if kind == 2:
             return HeldBack(wait_ms=int(reply[1]), uptime_s=int(reply[2]))
@@ -304,8 +398,14 @@ class RedisStore:
         reply = await self._bounded(
             "renewing the lease",
             timeout,
-            lambda: self._script(RENEW, 2, lock, info, token, ttl_ms, info_json),
+            lambda client: self._write(
+                client, timeout, RENEW, 2, lock, info, token, ttl_ms, info_json
+            ),
         )
+        if self._min_replicas:
+            reply, acknowledged = reply
+            if int(reply) == 1 and acknowledged < self._min_replicas:
+                raise self._missing(acknowledged, "the renewal", timeout)
         return int(reply) == 1
 
     async def release(
@@ -328,8 +428,16 @@ class RedisStore:
         reply = await self._bounded(
             "releasing the lock",
             timeout,
-            lambda: self._script(
-                RELEASE, 3, *self._keys, joined, self._channel, instance_id, fence
+            lambda client: self._script(
+                client,
+                RELEASE,
+                3,
+                *self._keys,
+                joined,
+                self._channel,
+                instance_id,
+                fence,
+                "1" if is_cluster(client) else "",
             ),
         )
         if isinstance(reply, list):
@@ -351,7 +459,10 @@ class RedisStore:
         that does not answer in time. This opens one fresh connection with retries off, sends
         PING, and returns the permanent error it meets (authentication, permissions), or None.
         """
-        pool = getattr(self._client, "connection_pool", None)
+        client = self._client
+        if isinstance(client, UrlClient):
+            client = client.resolved
+        pool = getattr(client, "connection_pool", None)
         make = getattr(pool, "make_connection", None)
         if make is None:  # RedisCluster and unknown clients: nothing to probe with
             return None
@@ -383,7 +494,7 @@ class RedisStore:
             CorruptLeaderInfoError: the record is not a valid LeaderInfo.
         """
         raw = await self._bounded(
-            "reading the leader info", timeout, lambda: self._client.get(self._keys[1])
+            "reading the leader info", timeout, lambda client: client.get(self._keys[1])
         )
         if raw is None:
             return None
@@ -399,7 +510,7 @@ class RedisStore:
         """
         lock, info, _ = self._keys
         raw, pttl = await self._bounded(
-            "reading the leader", timeout, lambda: self._script(READ, 2, lock, info)
+            "reading the leader", timeout, lambda client: self._script(client, READ, 2, lock, info)
         )
         if not raw:
             return None, 0
@@ -407,14 +518,18 @@ class RedisStore:
 
     async def request_step_down(self, instance_id: str, *, timeout: float) -> int:
         """Ask the leader ``instance_id`` to resign: publish ``S <instance id>`` on the
-        election's channel. Returns how many subscribers received the request."""
-        return int(
-            await self._bounded(
-                "asking the leader to step down",
-                timeout,
-                lambda: self._client.publish(self._channel, f"S {instance_id}"),
-            )
-        )
+        election's channel (on a cluster, the shard channel, by a script routed to the slot).
+        Returns how many subscribers received the request."""
+
+        async def publish(client: Any) -> Any:
+            message = f"S {instance_id}"
+            if is_cluster(client):
+                return await self._script(
+                    client, STEP_DOWN, 1, self._keys[0], self._channel, message, "1"
+                )
+            return await client.publish(self._channel, message)
+
+        return int(await self._bounded("asking the leader to step down", timeout, publish))
 
     def _parse_info(self, raw: Any) -> LeaderInfo:
         try:
@@ -441,28 +556,14 @@ def _holder_id(raw: object) -> str | None:
         return None
 
 
-def client_from_url(url: str, call_timeout: float) -> Any:
-    """A ``redis.asyncio.Redis`` for ``url`` whose connects are bounded by ``call_timeout``."""
-    options: dict[str, Any] = {
-        "socket_connect_timeout": max(call_timeout, 0.1),
-        "health_check_interval": 0,
-    }
-    if not url.lower().startswith("unix:"):
-        options["socket_keepalive"] = True  # TCP only: a Unix socket connection refuses it
-    try:
-        return redis.asyncio.Redis.from_url(url, **options)
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(
-            f"cannot use Redis URL {_redact(url)!r}: {exc}. Expected redis://[[user]:password@]"
-            "host[:port][/db], rediss://... or unix:///path/to/socket"
-        ) from exc
+def client_from_url(url: str, call_timeout: float) -> UrlClient:
+    """The client of ``url`` (any URL form of :mod:`._connect`), made on first use, with
+    connects bounded by ``call_timeout``.
 
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
+    Raises:
+        ConfigurationError: the URL cannot work; the message shows the accepted forms.
+    """
+    return UrlClient(url, call_timeout)
 
 
 def redis_argument(target: Any, owner: str) -> tuple[str | None, Any]:
@@ -481,6 +582,7 @@ def redis_argument(target: Any, owner: str) -> tuple[str | None, Any]:
     if callable(getattr(target, "evalsha", None)):
         return None, target
     raise ConfigurationError(
-        "redis must be a redis.asyncio.Redis or RedisCluster client or a redis:// URL, "
+        "redis must be a redis.asyncio.Redis or RedisCluster client or a URL (redis://, "
+        "rediss://, unix://, redis+sentinel://), "
         f"got {type(target).__name__}"
     )

@@ -23,12 +23,9 @@ import os
 import signal
 import sys
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
-
-from redis.asyncio.connection import parse_url
 
 from leaderelection import (
     ConfigurationError,
@@ -37,6 +34,7 @@ from leaderelection import (
     LeaderInfo,
     parse_duration,
 )
+from leaderelection._connect import check_url, redact
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -129,6 +127,17 @@ _FIELDS: Final[tuple[tuple[str, str, str], ...]] = (
         "K=V,...",
         "pairs the leader advertises in its record, e.g. url=http://10.0.0.5:8000 (default: none)",
     ),
+    (
+        "min_replicas",
+        "N",
+        "replicas that must acknowledge a new term or a renewal before it counts (default: 0)",
+    ),
+    (
+        "restart_protection",
+        "yes|no",
+        "hold a free lock back on a server younger than ceil(lock_ttl)+1 s; 'no' only with "
+        "appendfsync always, or when a lost lease costs nothing (default: yes)",
+    ),
 )
 _DURATIONS: Final = frozenset(
     {"lock_ttl", "heartbeat_interval", "retry_interval", "renew_deadline"}
@@ -157,8 +166,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--redis-url",
         metavar="URL",
-        help=f"redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path "
-        f"(default: ${REDIS_URL_ENV}, else {DEFAULT_REDIS_URL})",
+        help="redis://[[user]:password@]host[:port][/db] (one server, or any node of a Redis "
+        "Cluster), rediss://..., unix:///path, or redis+sentinel://[[user]:password@]host:port"
+        "[,host:port...]/service[/db] (rediss+sentinel:// for TLS; sentinel credentials as "
+        f"?sentinel_username=&sentinel_password=) (default: ${REDIS_URL_ENV}, else "
+        f"{DEFAULT_REDIS_URL})",
     )
     for field, metavar, text in _FIELDS:
         env = ElectionConfig.ENV_NAMES.get(field)
@@ -197,18 +209,12 @@ def redis_url_from_args(args: argparse.Namespace, environ: Mapping[str, str] | N
 
 
 def check_redis_url(url: str) -> None:
-    """Check that redis-py can use ``url``, without connecting.
+    """Check that ``url`` can be used (any form the library accepts), without connecting.
 
     Raises:
         ConfigurationError: it cannot; the message says what is wrong and what is expected.
     """
-    try:
-        parse_url(url)
-    except (ValueError, TypeError) as exc:
-        raise ConfigurationError(
-            f"cannot use Redis URL {redact_url(url)!r}: {exc}. Expected "
-            "redis://[[user]:password@]host[:port][/db], rediss://... or unix:///path/to/socket"
-        ) from exc
+    check_url(url)
 
 
 def config_from_args(
@@ -259,15 +265,7 @@ def say(command: str, text: str) -> None:
 
 def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***``, for printing."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return redact(url)
 
 
 # ------------------------------------------------------------------------------ signals

@@ -68,6 +68,8 @@ def test_every_config_field_has_a_flag() -> None:
         "instance_id": "worker-1",
         "hostname": "host-a",
         "metadata": "url=http://10.0.0.5:8000,zone=eu-1",
+        "min_replicas": "1",
+        "restart_protection": "no",
     }
     assert set(values) == set(ElectionConfig.model_fields)
     argv = [
@@ -88,6 +90,8 @@ def test_every_environment_variable_is_read() -> None:
         "instance_id": "worker-1",
         "hostname": "host-a",
         "metadata": "url=http://10.0.0.5:8000,zone=eu-1",
+        "min_replicas": "2",
+        "restart_protection": "false",
     }
     assert set(values) == set(ElectionConfig.ENV_NAMES)
     environ = {ElectionConfig.ENV_NAMES[field]: value for field, value in values.items()}
@@ -122,7 +126,7 @@ def test_the_command_after_double_dash_keeps_its_own_options() -> None:
     [
         (["--redis-url", "http://user:secret@host"], {}, "cannot use Redis URL 'http://user:***@host'"),
         (["--redis-url", "redis://host:port/0"], {}, "Port could not be cast to integer"),
-        ([], {"REDIS_URL": "localhost:6379"}, "must specify one of the following schemes"),
+        ([], {"REDIS_URL": "localhost:6379"}, "cannot use Redis URL 'localhost:6379': no scheme"),
         (["--lock-ttl", "ten"], {}, "argument --lock-ttl: cannot read 'ten' as a duration"),
         ([], {"LEADER_ELECTION_LOCK_TTL": "ten"}, "lock_ttl=LEADER_ELECTION_LOCK_TTL"),
         (["--lock-ttl", "1s", "--heartbeat-interval", "2s"], {}, "heartbeat_interval < renew_d"),

@@ -41,7 +41,7 @@ class ScriptedClient(fakeredis.FakeAsyncRedis):
 
 def _kind(numkeys: int, args: tuple[Any, ...]) -> str:
     if numkeys == 3:
-        return "acquire" if len(args) == 10 else "release"
+        return "acquire" if len(args) == 11 else "release"
     return "renew" if len(args) == 5 else "read"
 
 

@@ -125,7 +125,6 @@ def without(command: str) -> tuple[str, ...]:
     [
         ("evalsha", "free"),
         ("eval", "free"),  # the script cache is empty: EVALSHA answers NOSCRIPT
-        ("info", "free"),  # INFO replication (read-only replica check), INFO server (uptime)
         ("get", "free"),
         ("time", "free"),  # a new fencing token is at least the server time in microseconds
         ("set", "free"),
@@ -148,6 +147,25 @@ async def test_without_a_command_that_start_needs_start_refuses_clearly(
         await LeaderElection(url, config).start()
     assert "Grant" in str(refused.value)
     assert f"command:{command}" in acl_denials(shared_redis, user)
+
+
+async def test_without_info_start_names_the_restart_protection_switch_which_lifts_the_need(
+    shared_redis: Any, admin: Any, name: str
+) -> None:
+    """Restart protection reads the server's uptime with INFO inside the acquire script; a
+    server that refuses it (an ACL, a managed service's renamed command) gets a message that
+    names the switch, and with the switch off the election runs without INFO."""
+    user = f"election-{name}"
+    config = fast_config(name)
+    url = set_acl_user(shared_redis, user, "pw", acl_rules(config, without("info")))
+    await admin.script_flush()
+    with pytest.raises(StoreAuthenticationError, match="restart_protection=False") as refused:
+        await LeaderElection(url, config).start()
+    assert "INFO" in str(refused.value)
+    assert "command:info" in acl_denials(shared_redis, user)
+    unprotected = fast_config(name, restart_protection=False)
+    async with LeaderElection(url, unprotected) as election:
+        assert election.is_leader
 
 
 async def test_without_pexpire_the_leader_loses_its_term_at_the_first_renewal(

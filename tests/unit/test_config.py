@@ -131,6 +131,8 @@ def test_from_env_reads_every_documented_variable() -> None:
         "LEADER_ELECTION_NAME": "billing",
         "LEADER_ELECTION_KEY_PREFIX": "maplefile",
         "LEADER_ELECTION_METADATA": "url=http://10.0.0.5:8000, zone=eu-1",
+        "LEADER_ELECTION_MIN_REPLICAS": "2",
+        "LEADER_ELECTION_RESTART_PROTECTION": "false",
         "UNRELATED": "x",
     }
     c = ElectionConfig.from_env(env)
@@ -141,6 +143,7 @@ def test_from_env_reads_every_documented_variable() -> None:
     assert (c.instance_id, c.hostname, c.name) == ("instance-1", "server-01", "billing")
     assert c.lock_key == "maplefile:{billing}:lock"
     assert c.metadata == {"url": "http://10.0.0.5:8000", "zone": "eu-1"}
+    assert (c.min_replicas, c.restart_protection) == (2, False)
     assert set(ElectionConfig.ENV_NAMES.values()) == set(env) - {"UNRELATED"}
 
 
@@ -227,3 +230,17 @@ def test_a_stored_record_is_read_without_the_configuration_limits() -> None:
     assert LeaderInfo.model_validate({**record, "metadata": {}}).metadata == {}
     del record["metadata"]
     assert LeaderInfo.model_validate(record).metadata == {}  # records from before metadata
+
+
+def test_min_replicas_and_restart_protection_defaults_and_bad_values() -> None:
+    c = ElectionConfig()
+    assert (c.min_replicas, c.restart_protection) == (0, True)
+    for bad in (-1, 101, True, "1.5"):
+        with pytest.raises(ConfigurationError, match="min_replicas"):
+            ElectionConfig(min_replicas=bad)
+    with pytest.raises(ConfigurationError, match="LEADER_ELECTION_RESTART_PROTECTION"):
+        ElectionConfig.from_env({"LEADER_ELECTION_RESTART_PROTECTION": "maybe"})
+    assert (
+        ElectionConfig.from_env({"LEADER_ELECTION_RESTART_PROTECTION": "off"}).restart_protection
+        is False
+    )

@@ -32,8 +32,8 @@ def leader(sent_at: float = 100.0, now: float = 100.001, token: str = "t1") -> E
 def test_timings_derived_values() -> None:
     assert T.call_timeout == 3.0
     assert T.lock_ttl_ms == 10_000
-    assert T.restart_uptime_s == 12  # uptime > ceil(10) + 1
-    assert Timings(1.5, 0.2, 0.3, 1.0).restart_uptime_s == 4
+    assert T.restart_uptime_s == 11  # uptime >= ceil(10) + 1: more than 10 s have passed
+    assert Timings(1.5, 0.2, 0.3, 1.0).restart_uptime_s == 3
     assert Timings(2.0004, 0.5, 0.3, 1.0).lock_ttl_ms == 2001  # never shorter than asked
 
 
