@@ -16,9 +16,13 @@ import fakeredis
 import pytest
 
 from tests.redis_harness import (
+    ClusterServers,
+    MakeCluster,
     MakeProxy,
     MakeRedisServer,
+    MakeSentinels,
     RedisServer,
+    SentinelServers,
     TcpProxy,
     find_redis_server,
 )
@@ -58,6 +62,51 @@ def make_redis_server(redis_server_bin: str) -> Iterator[MakeRedisServer]:
 def redis_server(make_redis_server: MakeRedisServer) -> RedisServer:
     """A fresh, empty, started server for this test only."""
     return make_redis_server()
+
+
+@pytest.fixture
+def make_cluster(redis_server_bin: str) -> Iterator[MakeCluster]:
+    """Factory of started :class:`ClusterServers` (Redis Cluster), all closed at teardown.
+
+    Takes the arguments of :class:`ClusterServers`, e.g. ``make_cluster()`` for 3 masters with
+    a replica each, or ``make_cluster(3, 0, password="secret")``. Start-up takes about 2 s (a
+    fresh master holds ``cluster_state:ok`` back for 2 s).
+    """
+    clusters: list[ClusterServers] = []
+
+    def make(*args: Any, **options: Any) -> ClusterServers:
+        options.setdefault("binary", redis_server_bin)
+        cluster = ClusterServers(*args, **options)
+        clusters.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield make
+    for cluster in reversed(clusters):
+        cluster.close()
+
+
+@pytest.fixture
+def make_sentinels(redis_server_bin: str) -> Iterator[MakeSentinels]:
+    """Factory of started :class:`SentinelServers` (a master, replicas and sentinels), all
+    closed at teardown.
+
+    Takes the arguments of :class:`SentinelServers`, e.g. ``make_sentinels()`` for 3 sentinels
+    and one replica. Start-up takes about 2 s (sentinels find each other by a hello message
+    every 2 s).
+    """
+    deployments: list[SentinelServers] = []
+
+    def make(*args: Any, **options: Any) -> SentinelServers:
+        options.setdefault("binary", redis_server_bin)
+        deployment = SentinelServers(*args, **options)
+        deployments.append(deployment)
+        deployment.start()
+        return deployment
+
+    yield make
+    for deployment in reversed(deployments):
+        deployment.close()
 
 
 @pytest.fixture

@@ -19,6 +19,20 @@ For TLS, ``RedisServer(tls=TlsFiles(...))`` runs a server that only speaks TLS (
 was built with it), and :class:`TlsProxy` puts a TLS-terminating front in front of any plain
 server, so that ``rediss://`` clients can be tested with every binary.
 
+Topologies, built from the same binary (only ``redis-server``/``valkey-server`` is used, never
+``redis-cli``):
+
+* :class:`ClusterServers`: a Redis Cluster (3 masters with a replica each by default) of
+  ``RedisServer(cluster=True)`` nodes; :meth:`ClusterServers.kill` a slot owner and
+  :meth:`ClusterServers.wait_failover` for its replica to take over.
+* :class:`SentinelServers`: a master, its replicas and Redis Sentinels
+  (:class:`SentinelProcess`); :meth:`SentinelServers.kill_master` and
+  :meth:`SentinelServers.wait_failover`.
+
+Both take about 2 s to start (a fresh cluster master holds ``cluster_state:ok`` back for 2 s;
+sentinels announce themselves to each other every 2 s) and 2 to 3 s to fail over with their
+default timings. Every wait polls a condition until a deadline.
+
 Beware of redis-py's default retry policy (10 retries with exponential backoff on
 ``ConnectionError``/``TimeoutError``): it hides a single connection fault. Use
 :func:`no_retry` to see faults as they happen.
@@ -41,6 +55,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -48,19 +63,28 @@ from typing import Any, Protocol
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.retry
+import redis.asyncio.sentinel
 import redis.backoff
 import redis.retry
+from redis.crc import key_slot
 
 __all__ = [
+    "ClusterServers",
+    "MakeCluster",
     "MakeProxy",
     "MakeRedisServer",
+    "MakeSentinels",
     "RedisServer",
+    "SentinelProcess",
+    "SentinelServers",
     "TcpProxy",
     "TlsFiles",
     "TlsProxy",
     "TlsUnsupportedError",
     "find_redis_server",
+    "free_cluster_port",
     "free_port",
     "no_retry",
     "sync_no_retry",
@@ -70,6 +94,12 @@ _LOCALHOST = "127.0.0.1"
 _START_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.005
 _UPTIME_POLL_INTERVAL = 0.05
+_TOPOLOGY_POLL_INTERVAL = 0.02  # cluster and sentinel state: a dozen queries per poll
+_TOPOLOGY_TIMEOUT = 30.0
+CLUSTER_BUS_PORT_OFFSET = 10000
+"""A cluster node's bus (node-to-node) port is its client port plus this."""
+CLUSTER_SLOTS = 16384
+_MAX_PORT = 65535
 
 
 def find_redis_server() -> str:
@@ -132,6 +162,38 @@ def free_port() -> int:
         sock.bind((_LOCALHOST, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_cluster_port(attempts: int = 100) -> int:
+    """Return a port ``p`` on 127.0.0.1 such that ``p`` and its cluster bus port were free.
+
+    A cluster node also listens on ``p + CLUSTER_BUS_PORT_OFFSET`` (10000), which must exist
+    (at most 65535) and be free too. Both were bound at once a moment ago.
+
+    Args:
+        attempts: How many kernel-chosen ports to try before giving up.
+
+    Returns:
+        The client port.
+
+    Raises:
+        RuntimeError: If no suitable port was found in ``attempts`` tries.
+    """
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((_LOCALHOST, 0))
+            port: int = sock.getsockname()[1]
+            if port + CLUSTER_BUS_PORT_OFFSET > _MAX_PORT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+                try:
+                    bus.bind((_LOCALHOST, port + CLUSTER_BUS_PORT_OFFSET))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError(
+        f"no free port p with a free p + {CLUSTER_BUS_PORT_OFFSET} in {attempts} tries"
+    )
 
 
 def no_retry() -> redis.asyncio.retry.Retry:
@@ -210,6 +272,16 @@ class RedisServer:
             ``ssl_ca_certs``, and :meth:`client` / :meth:`sync_client` verify the server.
             :meth:`start` raises :class:`TlsUnsupportedError` if the binary has no TLS.
             Not combinable with ``replica_of``.
+        cluster: Run as a Redis Cluster node (``cluster-enabled yes``, config file
+            ``nodes.conf`` in :attr:`directory`, ``cluster-replica-validity-factor 0`` so that
+            a replica may always fail over). The free port chosen then also has a free
+            cluster bus port (:func:`free_cluster_port`). ``nodes.conf`` is deleted before the
+            first start only, so a :meth:`restart` keeps the node's identity (its node id,
+            epoch and view of the cluster), though not its keys. Not combinable with
+            ``replica_of`` (a cluster node replicates with ``CLUSTER REPLICATE``) or ``tls``.
+            :class:`ClusterServers` builds a whole cluster.
+        cluster_node_timeout_ms: ``cluster-node-timeout``: how long a node may be unreachable
+            before it is suspected to fail (only with ``cluster=True``).
     """
 
     def __init__(
@@ -223,16 +295,29 @@ class RedisServer:
         port: int | None = None,
         start_timeout: float = _START_TIMEOUT,
         tls: TlsFiles | None = None,
+        cluster: bool = False,
+        cluster_node_timeout_ms: int = 1000,
     ) -> None:
         if tls is not None and replica_of is not None:
             raise ValueError("a TLS server cannot be started as a replica by this harness")
+        if cluster and replica_of is not None:
+            raise ValueError(
+                "a cluster node becomes a replica with CLUSTER REPLICATE, not replicaof"
+            )
+        if cluster and tls is not None:
+            raise ValueError("this harness does not run TLS cluster nodes")
+        if cluster_node_timeout_ms <= 0:
+            raise ValueError("cluster_node_timeout_ms must be > 0")
         self.binary = binary if binary is not None else find_redis_server()
         self.tls = tls
         self.password = password
         self.appendonly = appendonly
         self.extra_args = tuple(extra_args)
         self.start_timeout = start_timeout
+        self.cluster = cluster
+        self.cluster_node_timeout_ms = cluster_node_timeout_ms
         self._replica_of = replica_of
+        self._started_once = False
         self._port = port
         self._port_fixed = port is not None
         self._dir: Path | None = Path(tempfile.mkdtemp(prefix="redis-harness-"))
@@ -296,6 +381,11 @@ class RedisServer:
         """The server's log file."""
         return self.directory / "redis.log"
 
+    @property
+    def cluster_config_path(self) -> Path:
+        """The cluster node's ``nodes.conf`` (meaningful only with ``cluster=True``)."""
+        return self.directory / "nodes.conf"
+
     def log(self) -> str:
         """Return the server log and anything it printed to stdout/stderr.
 
@@ -314,7 +404,8 @@ class RedisServer:
         """Start the server and wait until it answers PING.
 
         At the first start a free port is chosen (retried a few times if another process grabs
-        it first); later starts reuse that port.
+        it first); later starts reuse that port. A cluster node's ``nodes.conf`` is deleted
+        before the first start and kept by later ones.
 
         Raises:
             RuntimeError: If the server is already running, exits during startup (the
@@ -325,7 +416,10 @@ class RedisServer:
         attempts = 1 if self._port_fixed else 5
         for attempt in range(attempts):
             if not self._port_fixed:
-                self._port = free_port()
+                self._port = free_cluster_port() if self.cluster else free_port()
+            if self.cluster and not self._started_once:
+                with contextlib.suppress(FileNotFoundError):
+                    self.cluster_config_path.unlink()
             try:
                 self._launch()
             except _PortInUseError:
@@ -333,6 +427,7 @@ class RedisServer:
                     raise
                 continue
             self._port_fixed = True
+            self._started_once = True
             return
 
     def _command(self) -> list[str]:
@@ -365,6 +460,13 @@ class RedisServer:
             args += ["--appendonly", "no"]
         if self.password is not None:
             args += ["--requirepass", self.password]
+        if self.cluster:
+            args += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", self.cluster_config_path.name,
+                "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
+                "--cluster-replica-validity-factor", "0",
+            ]  # fmt: skip
         if self._replica_of is not None:
             host, port, masterauth = _master_address(self._replica_of)
             args += ["--replicaof", host, str(port)]
@@ -570,7 +672,8 @@ class RedisServer:
     def __repr__(self) -> str:
         """Show the port and state."""
         state = "paused" if self._paused else "running" if self.running else "stopped"
-        return f"<RedisServer {self.host}:{self._port} {state}>"
+        kind = "RedisServer cluster node" if self.cluster else "RedisServer"
+        return f"<{kind} {self.host}:{self._port} {state}>"
 
     # -- clients ----------------------------------------------------------------------------
 
@@ -674,8 +777,1157 @@ class MakeRedisServer(Protocol):
         port: int | None = ...,
         start_timeout: float = ...,
         tls: TlsFiles | None = ...,
+        cluster: bool = ...,
+        cluster_node_timeout_ms: int = ...,
     ) -> RedisServer:
         """Start and return a server that is closed at teardown."""
+        ...
+
+
+# -- Redis Cluster --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ClusterEntry:
+    """One line of ``CLUSTER NODES``: how one node sees one node of the cluster."""
+
+    node_id: str
+    port: int
+    flags: frozenset[str]
+    master_id: str | None
+    config_epoch: int
+    connected: bool
+    slot_ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def is_master(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def is_replica(self) -> bool:
+        return "slave" in self.flags
+
+    @property
+    def healthy(self) -> bool:
+        """Known, reachable and not suspected: no handshake, noaddr, fail or pfail flag."""
+        bad = {"handshake", "noaddr", "fail", "fail?", "pfail"}
+        return self.connected and not (self.flags & bad)
+
+    def slots(self) -> set[int]:
+        return {slot for first, last in self.slot_ranges for slot in range(first, last + 1)}
+
+    def serves(self, slot: int) -> bool:
+        return any(first <= slot <= last for first, last in self.slot_ranges)
+
+
+def _parse_cluster_nodes(text: str) -> dict[str, _ClusterEntry]:
+    """Parse ``CLUSTER NODES`` (6.2 to Valkey 8); importing/migrating markers are ignored."""
+    entries: dict[str, _ClusterEntry] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        node_id, address, flags, master = fields[:4]
+        host_port = address.split("@", 1)[0].split(",", 1)[0]
+        port_text = host_port.rsplit(":", 1)[-1]
+        ranges = []
+        for item in fields[8:]:
+            if item.startswith("["):
+                continue
+            first, _, last = item.partition("-")
+            ranges.append((int(first), int(last or first)))
+        entries[node_id] = _ClusterEntry(
+            node_id=node_id,
+            port=int(port_text) if port_text.isdigit() else 0,
+            flags=frozenset(flags.split(",")),
+            master_id=None if master == "-" else master,
+            config_epoch=int(fields[6]),
+            connected=fields[7] == "connected",
+            slot_ranges=tuple(ranges),
+        )
+    return entries
+
+
+def _myself(view: dict[str, _ClusterEntry]) -> _ClusterEntry:
+    for entry in view.values():
+        if "myself" in entry.flags:
+            return entry
+    raise RuntimeError("CLUSTER NODES has no 'myself' line")
+
+
+def _poll(
+    check: Callable[[], bool], *, timeout: float, what: Callable[[], str], interval: float
+) -> None:
+    """Call ``check`` every ``interval`` s until it is true; ``TimeoutError`` after ``timeout``.
+
+    The message says ``what`` was awaited and its state at the deadline (``what()``).
+    """
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"not within {timeout} s: {what()}")
+        time.sleep(interval)
+
+
+def _query_client(server: RedisServer | SentinelProcess) -> redis.Redis:
+    """A short-lived client for the harness's own queries: no retries, RESP2 replies as read
+    (strings, no response callbacks: both differ between redis-py versions)."""
+    client = server.sync_client(
+        protocol=2,
+        decode_responses=True,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        retry=sync_no_retry(),
+    )
+    client.response_callbacks.clear()
+    return client
+
+
+def _info(server: RedisServer | SentinelProcess, *command: str) -> dict[str, str]:
+    """A ``key:value`` lines reply (``CLUSTER INFO``, ``INFO <section>``) as a dict."""
+    with _query_client(server) as client:
+        text: str = client.execute_command(*command)
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {key: value.strip() for key, value in pairs}
+
+
+class ClusterServers:
+    """A Redis Cluster of ``redis-server`` processes (:class:`RedisServer` with ``cluster=True``).
+
+    Nodes ``0 .. masters-1`` start as masters, the 16384 slots split evenly between them in
+    contiguous ranges; the next ``replicas_per_master`` nodes replicate master 0, the next ones
+    master 1, and so on. Failovers change the roles: :meth:`masters`, :meth:`replicas`,
+    :meth:`replicas_of` and :meth:`owner_of` read them from the live cluster.
+
+    Nodes use ``cluster-node-timeout`` ``node_timeout_ms`` and
+    ``cluster-replica-validity-factor 0``: with the default 1 s, a killed master's replica
+    takes over within about 2 to 3 s.
+
+    Typical use::
+
+        with ClusterServers() as cluster:  # started; closed on exit
+            async with cluster.client() as client:  # redis.asyncio.RedisCluster
+                await client.set("k", "v")
+            old = cluster.owner_of("k")
+            cluster.kill(old)
+            new = cluster.wait_failover(old)
+
+    Args:
+        masters: Number of masters (at least 1; failover needs at least 3, a majority of
+            masters must vote).
+        replicas_per_master: Replicas of each master (0 or more).
+        binary: Server executable; defaults to :func:`find_redis_server`.
+        password: ``requirepass`` and ``masterauth`` of every node.
+        node_timeout_ms: ``cluster-node-timeout`` of every node.
+        extra_args: Extra command-line arguments for every node.
+        start_timeout: Seconds :meth:`start` waits for the cluster to form.
+    """
+
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas_per_master: int = 1,
+        *,
+        binary: str | None = None,
+        password: str | None = None,
+        node_timeout_ms: int = 1000,
+        extra_args: tuple[str, ...] | list[str] = (),
+        start_timeout: float = _TOPOLOGY_TIMEOUT,
+    ) -> None:
+        if masters < 1:
+            raise ValueError("a cluster needs at least one master")
+        if replicas_per_master < 0:
+            raise ValueError("replicas_per_master must be >= 0")
+        self.password = password
+        self.start_timeout = start_timeout
+        self._masters = masters
+        self._replicas_per_master = replicas_per_master
+        auth = ("--masterauth", password) if password is not None else ()
+        binary = binary if binary is not None else find_redis_server()
+        self.nodes: list[RedisServer] = [
+            RedisServer(
+                binary=binary,
+                password=password,
+                cluster=True,
+                cluster_node_timeout_ms=node_timeout_ms,
+                extra_args=(*auth, *extra_args),
+            )
+            for _ in range(masters * (1 + replicas_per_master))
+        ]
+        """Every node, initial masters first; failovers change roles, not this list."""
+        self._ids: dict[RedisServer, str] = {}
+        self._by_id: dict[str, RedisServer] = {}
+        # Last known slots and replicas of each node id: what wait_failover needs of a dead
+        # master. Refreshed by start(), kill() and wait_failover().
+        self._last_slots: dict[str, set[int]] = {}
+        self._last_replicas: dict[str, set[str]] = {}
+        self._started = False
+
+    # -- addresses --------------------------------------------------------------------------
+
+    def url_of(self, node: RedisServer) -> str:
+        """A ``redis://`` URL of ``node`` (with the password, without a database number).
+
+        Args:
+            node: One of :attr:`nodes`.
+
+        Returns:
+            A URL that ``redis.asyncio.RedisCluster.from_url`` accepts.
+        """
+        auth = ""
+        if self.password is not None:
+            auth = ":" + urllib.parse.quote(self.password, safe="") + "@"
+        return f"redis://{auth}{node.host}:{node.port}"
+
+    @property
+    def url(self) -> str:
+        """:meth:`url_of` the first running node (the first node if none runs)."""
+        running = [node for node in self.nodes if node.running]
+        return self.url_of((running or self.nodes)[0])
+
+    def node_id(self, node: RedisServer) -> str:
+        """The cluster node id of ``node`` (kept across its restarts)."""
+        try:
+            return self._ids[node]
+        except KeyError:
+            raise ValueError(f"{node!r} is not a started node of this cluster") from None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every node, form the cluster, and wait until it is fully up.
+
+        Fully up means: every node reports ``cluster_state:ok``, knows every other node (no
+        handshake, no failure flag, link connected) with the intended roles and slots, and
+        every replica's ``master_link_status`` is ``up``.
+
+        Raises:
+            RuntimeError: If already started, or a node fails to start.
+            TimeoutError: If the cluster does not form within ``start_timeout``.
+        """
+        if self._started:
+            raise RuntimeError("the cluster was already started")
+        self._started = True
+        deadline = time.monotonic() + self.start_timeout
+        for node in self.nodes:
+            node.start()
+        first = self.nodes[0]
+        for epoch, node in enumerate(self.nodes, start=1):
+            with _query_client(node) as client:
+                node_id = client.execute_command("CLUSTER", "MYID")
+                # Distinct epochs up front, as redis-cli does: no collision to resolve later.
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+                if node is not first:
+                    client.execute_command("CLUSTER", "MEET", first.host, first.port)
+            self._ids[node] = node_id
+            self._by_id[node_id] = node
+        masters = self.nodes[: self._masters]
+        for index, master in enumerate(masters):
+            first_slot = index * CLUSTER_SLOTS // self._masters
+            end_slot = (index + 1) * CLUSTER_SLOTS // self._masters
+            with _query_client(master) as client:
+                # ADDSLOTS, not ADDSLOTSRANGE: the latter is Redis 7.0+.
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first_slot, end_slot))
+            self._last_slots[self._ids[master]] = set(range(first_slot, end_slot))
+        intended_master: dict[str, str] = {}
+        for index, replica in enumerate(self.nodes[self._masters :]):
+            intended_master[self._ids[replica]] = self._ids[
+                masters[index // self._replicas_per_master]
+            ]
+        for replica_id, master_id in intended_master.items():
+            self._last_replicas.setdefault(master_id, set()).add(replica_id)
+
+        def replicas_know_their_masters() -> bool:
+            return all(
+                self._healthy_entry(self._by_id[replica_id], master_id)
+                for replica_id, master_id in intended_master.items()
+            )
+
+        self._wait(replicas_know_their_masters, deadline, "replicas to learn their masters")
+        for replica_id, master_id in intended_master.items():
+            with _query_client(self._by_id[replica_id]) as client:
+                client.execute_command("CLUSTER", "REPLICATE", master_id)
+        expected = {
+            node_id: (intended_master.get(node_id), self._last_slots.get(node_id, set()))
+            for node_id in self._by_id
+        }
+        self._wait(lambda: self._formed(expected), deadline, "the cluster to form")
+
+    def _wait(self, check: Callable[[], bool], deadline: float, what: str) -> None:
+        try:
+            _poll(
+                check,
+                timeout=max(0.0, deadline - time.monotonic()),
+                what=lambda: f"{what}; views:\n{self._describe()}",
+                interval=_TOPOLOGY_POLL_INTERVAL,
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self._logs()}") from None
+
+    def _healthy_entry(self, observer: RedisServer, node_id: str) -> bool:
+        entry = self._view(observer).get(node_id)
+        return entry is not None and entry.healthy
+
+    def _formed(self, expected: dict[str, tuple[str | None, set[int]]]) -> bool:
+        for node in self.nodes:
+            view = self._view(node)
+            if set(view) != set(expected):
+                return False
+            for node_id, (master_id, slots) in expected.items():
+                entry = view[node_id]
+                role_ok = entry.is_replica if master_id is not None else entry.is_master
+                if not (entry.healthy and role_ok and entry.master_id == master_id):
+                    return False
+                if entry.slots() != slots:
+                    return False
+            if _info(node, "CLUSTER", "INFO").get("cluster_state") != "ok":
+                return False
+            is_replica = expected[self._ids[node]][0] is not None
+            if is_replica and _info(node, "INFO", "replication").get("master_link_status") != "up":
+                return False
+        return True
+
+    def _view(self, node: RedisServer) -> dict[str, _ClusterEntry]:
+        with _query_client(node) as client:
+            return _parse_cluster_nodes(client.execute_command("CLUSTER", "NODES"))
+
+    def _live(self) -> list[RedisServer]:
+        """The nodes that can answer: running and not paused."""
+        return [node for node in self.nodes if node.running and not node.paused]
+
+    def _describe(self) -> str:
+        lines = []
+        for node in self._live():
+            try:
+                with _query_client(node) as client:
+                    text = client.execute_command("CLUSTER", "NODES")
+            except redis.RedisError as exc:
+                text = f"unreachable: {exc!r}"
+            lines.append(f"node :{node.port}:\n{text}")
+        return "\n".join(lines)
+
+    def _logs(self) -> str:
+        return "\n".join(
+            f"--- log of node :{node._port}:\n{node.log()[-3000:]}" for node in self.nodes
+        )
+
+    # -- live topology ----------------------------------------------------------------------
+
+    def _self_entry(self, node: RedisServer) -> _ClusterEntry | None:
+        try:
+            return _myself(self._view(node))
+        except redis.RedisError:
+            return None
+
+    def masters(self) -> list[RedisServer]:
+        """The running nodes that consider themselves masters now, in :attr:`nodes` order.
+
+        A restarted former master counts until the cluster tells it that it is a replica.
+        """
+        return [
+            node
+            for node in self._live()
+            if (entry := self._self_entry(node)) is not None and entry.is_master
+        ]
+
+    def replicas(self) -> list[RedisServer]:
+        """The running nodes that consider themselves replicas now, in :attr:`nodes` order."""
+        return [
+            node
+            for node in self._live()
+            if (entry := self._self_entry(node)) is not None and entry.is_replica
+        ]
+
+    def replicas_of(self, master: RedisServer) -> list[RedisServer]:
+        """The running nodes that replicate ``master`` now, in :attr:`nodes` order.
+
+        Args:
+            master: One of :attr:`nodes`.
+        """
+        master_id = self.node_id(master)
+        return [
+            node
+            for node in self._live()
+            if (entry := self._self_entry(node)) is not None
+            and entry.is_replica
+            and entry.master_id == master_id
+        ]
+
+    def owner_of(self, key: str) -> RedisServer:
+        """The master serving ``key``'s hash slot now.
+
+        Every running node's ``CLUSTER NODES`` is read; where they disagree (during a
+        failover), the claim with the highest config epoch wins, as in the cluster itself.
+
+        Args:
+            key: A key; a ``{hash tag}`` is honoured, as by redis-py.
+
+        Raises:
+            RuntimeError: If no running node names an owner of the slot.
+        """
+        slot = key_slot(key.encode())
+        best: _ClusterEntry | None = None
+        for node in self._live():
+            for entry in self._view(node).values():
+                newer = best is None or entry.config_epoch > best.config_epoch
+                if entry.is_master and entry.serves(slot) and newer:
+                    best = entry
+        if best is None:
+            raise RuntimeError(f"no running node names an owner of slot {slot} (key {key!r})")
+        return self._by_id[best.node_id]
+
+    def _remember(self) -> None:
+        """Record each master's slots and replicas as the running nodes see them now."""
+        slots: dict[str, tuple[int, set[int]]] = {}
+        replicas: dict[str, set[str]] = {}
+        for node in self._live():
+            try:
+                view = self._view(node)
+            except redis.RedisError:
+                continue
+            for entry in view.values():
+                if entry.is_master and entry.slot_ranges:
+                    known = slots.get(entry.node_id)
+                    if known is None or entry.config_epoch > known[0]:
+                        slots[entry.node_id] = (entry.config_epoch, entry.slots())
+                if entry.is_replica and entry.master_id is not None:
+                    replicas.setdefault(entry.master_id, set()).add(entry.node_id)
+        for node_id, (_, node_slots) in slots.items():
+            self._last_slots[node_id] = node_slots
+        for node_id, node_replicas in replicas.items():
+            self._last_replicas[node_id] = node_replicas
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def kill(self, node: RedisServer) -> None:
+        """Crash ``node`` with SIGKILL (:meth:`RedisServer.stop`), after noting its slots and
+        replicas for :meth:`wait_failover`. ``node.start()`` brings it back with its identity.
+
+        Args:
+            node: One of :attr:`nodes`.
+        """
+        self.node_id(node)  # a node of this cluster
+        self._remember()
+        node.stop()
+
+    def wait_failover(
+        self, old_master: RedisServer, timeout: float = _TOPOLOGY_TIMEOUT
+    ) -> RedisServer:
+        """Wait until a former replica of ``old_master`` serves all its slots as master.
+
+        Done means: every running node reports ``cluster_state:ok`` and names the same new
+        owner, a former replica of ``old_master`` (as last seen, e.g. by :meth:`kill`), for
+        every slot ``old_master`` served, and that node's own view says it is a master.
+
+        Args:
+            old_master: The failed (killed, paused, or demoted) master.
+            timeout: Seconds to wait.
+
+        Returns:
+            The new master.
+
+        Raises:
+            ValueError: If ``old_master`` served no slots when last seen.
+            TimeoutError: If the failover does not complete in time.
+        """
+        old_id = self.node_id(old_master)
+        slots = self._last_slots.get(old_id, set())
+        if not slots:
+            raise ValueError(f"{old_master!r} served no slots when last seen")
+        candidates = self._last_replicas.get(old_id, set())
+        found: list[RedisServer] = []
+
+        def failed_over() -> bool:
+            found.clear()
+            owners = set()
+            live = [node for node in self._live() if node is not old_master]
+            for node in live:
+                if _info(node, "CLUSTER", "INFO").get("cluster_state") != "ok":
+                    return False
+                view = self._view(node)
+                owner = [e for e in view.values() if e.is_master and slots <= e.slots()]
+                if len(owner) != 1 or owner[0].node_id == old_id:
+                    return False
+                owners.add(owner[0].node_id)
+            if len(owners) != 1:
+                return False
+            (new_id,) = owners
+            if candidates and new_id not in candidates:
+                return False
+            new = self._by_id[new_id]
+            entry = self._self_entry(new) if new.running and not new.paused else None
+            if entry is None or not entry.is_master:
+                return False
+            found.append(new)
+            return True
+
+        deadline = time.monotonic() + timeout
+        self._wait(failed_over, deadline, f"a replica of {old_master!r} to take over")
+        self._remember()
+        return found[0]
+
+    def close(self) -> None:
+        """Kill every node and delete their directories. Safe to call twice."""
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> ClusterServers:
+        """Start the cluster (closing it if that fails) and return it."""
+        if not self._started:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the cluster."""
+        self.close()
+
+    def __repr__(self) -> str:
+        """Show the ports."""
+        ports = ",".join(str(node._port) for node in self.nodes)
+        return f"<ClusterServers {self._masters}x(1+{self._replicas_per_master}) ports {ports}>"
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def client(self, **kwargs: Any) -> redis.asyncio.RedisCluster:
+        """Return a new ``redis.asyncio.RedisCluster`` on the running nodes; the caller closes it.
+
+        Args:
+            **kwargs: Passed to ``redis.asyncio.RedisCluster`` (e.g. ``decode_responses``).
+        """
+        options: dict[str, Any] = {
+            "startup_nodes": [
+                redis.asyncio.cluster.ClusterNode(node.host, node.port) for node in self._live()
+            ],
+            "password": self.password,
+        }
+        options.update(kwargs)
+        return redis.asyncio.RedisCluster(**options)
+
+    def sync_client(self, **kwargs: Any) -> redis.RedisCluster:
+        """Return a new blocking ``redis.RedisCluster``; the caller closes it.
+
+        It starts from the first running node and discovers the others from it.
+
+        Args:
+            **kwargs: Passed to ``redis.RedisCluster``.
+        """
+        first = self._live()[0] if self._live() else self.nodes[0]
+        options: dict[str, Any] = {
+            "host": first.host,
+            "port": first.port,
+            "password": self.password,
+        }
+        options.update(kwargs)
+        return redis.RedisCluster(**options)
+
+
+class MakeCluster(Protocol):
+    """Type of the ``make_cluster`` fixture: the arguments of :class:`ClusterServers`."""
+
+    def __call__(
+        self,
+        masters: int = ...,
+        replicas_per_master: int = ...,
+        *,
+        binary: str | None = ...,
+        password: str | None = ...,
+        node_timeout_ms: int = ...,
+        extra_args: tuple[str, ...] | list[str] = ...,
+        start_timeout: float = ...,
+    ) -> ClusterServers:
+        """Start and return a cluster that is closed at teardown."""
+        ...
+
+
+# -- Sentinel -------------------------------------------------------------------------------
+
+
+def _conf_quote(value: str) -> str:
+    """Quote a value for a redis/sentinel config file (parsed like ``sdssplitargs``)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _pairs(reply: Sequence[Any] | Mapping[Any, Any]) -> dict[str, str]:
+    """A ``SENTINEL MASTER``-like reply as a dict: a flat ``[key, value, ...]`` (RESP2) or a
+    map (RESP3)."""
+    if isinstance(reply, Mapping):
+        return {str(key): str(value) for key, value in reply.items()}
+    items = list(reply)
+    return {str(key): str(value) for key, value in zip(items[::2], items[1::2], strict=True)}
+
+
+class SentinelProcess:
+    """A Redis Sentinel: ``<binary> <conf file> --sentinel`` on 127.0.0.1, a free port, in a
+    private temporary directory.
+
+    The config file is written at the first start: ``port``, ``bind 127.0.0.1``, ``dir``,
+    ``logfile``, ``requirepass`` if ``password`` is set, then ``config`` (the ``sentinel
+    monitor ...`` lines). Sentinel rewrites it as it learns replicas and other sentinels, so a
+    restart keeps its id and what it knew. :class:`SentinelServers` builds whole deployments.
+
+    Args:
+        config: Config file lines after the ones above.
+        binary: Server executable; defaults to :func:`find_redis_server`.
+        password: ``requirepass`` of the sentinel (also what it sends to other sentinels).
+        start_timeout: Seconds :meth:`start` waits for the sentinel to answer PING.
+    """
+
+    def __init__(
+        self,
+        config: Sequence[str],
+        *,
+        binary: str | None = None,
+        password: str | None = None,
+        start_timeout: float = _START_TIMEOUT,
+    ) -> None:
+        self.binary = binary if binary is not None else find_redis_server()
+        self.config = tuple(config)
+        self.password = password
+        self.start_timeout = start_timeout
+        self._port: int | None = None
+        self._dir: Path | None = Path(tempfile.mkdtemp(prefix="sentinel-harness-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        """The address the sentinel listens on (always 127.0.0.1)."""
+        return _LOCALHOST
+
+    @property
+    def port(self) -> int:
+        """The sentinel's port; fixed at the first start and kept by later ones."""
+        if self._port is None:
+            raise RuntimeError("the sentinel has not been started yet, so it has no port")
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        """Whether the sentinel process exists."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The sentinel process id (raises if it is not running)."""
+        if self._proc is None:
+            raise RuntimeError("the sentinel is not running")
+        return self._proc.pid
+
+    @property
+    def directory(self) -> Path:
+        """The sentinel's private working directory."""
+        if self._dir is None:
+            raise RuntimeError("the sentinel was closed")
+        return self._dir
+
+    @property
+    def conf_path(self) -> Path:
+        """The sentinel's config file (rewritten by the sentinel)."""
+        return self.directory / "sentinel.conf"
+
+    @property
+    def log_path(self) -> Path:
+        """The sentinel's log file."""
+        return self.directory / "sentinel.log"
+
+    def log(self) -> str:
+        """Return the sentinel log and anything it printed to stdout/stderr."""
+        parts = []
+        for path in (self.directory / "stdout.log", self.log_path):
+            with contextlib.suppress(OSError):
+                parts.append(path.read_text(errors="replace"))
+        return "".join(parts)
+
+    def start(self) -> None:
+        """Start the sentinel and wait until it answers PING.
+
+        Raises:
+            RuntimeError: If it is already running, exits during startup, or does not answer
+                within ``start_timeout``.
+        """
+        if self.running:
+            raise RuntimeError("the sentinel is already running")
+        first = self._port is None
+        for attempt in range(5 if first else 1):
+            if first:
+                self._port = free_port()
+                self._write_config()
+            try:
+                self._launch()
+            except _PortInUseError:
+                if attempt == 4:
+                    raise
+                continue
+            return
+
+    def _write_config(self) -> None:
+        lines = [
+            f"port {self.port}",
+            f"bind {_LOCALHOST}",
+            "protected-mode no",
+            "daemonize no",
+            f"dir {_conf_quote(str(self.directory))}",
+            f"logfile {_conf_quote(str(self.log_path))}",
+        ]
+        if self.password is not None:
+            lines.append(f"requirepass {_conf_quote(self.password)}")
+        lines += self.config
+        self.conf_path.write_text("\n".join(lines) + "\n")
+
+    def _launch(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.log_path.unlink()
+        with open(self.directory / "stdout.log", "wb") as out:
+            self._proc = subprocess.Popen(
+                [self.binary, str(self.conf_path), "--sentinel"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            with self.sync_client(
+                socket_timeout=1.0, socket_connect_timeout=1.0, retry=sync_no_retry()
+            ) as client:
+                while True:
+                    code = self._proc.poll()
+                    if code is not None:
+                        log = self.log()
+                        if "Address already in use" in log:
+                            raise _PortInUseError(log)
+                        raise RuntimeError(
+                            f"sentinel exited with code {code} during startup (port "
+                            f"{self.port}). Config:\n{self.conf_path.read_text()}\nLog:\n{log}"
+                        )
+                    with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                        if client.ping():
+                            return
+                    if time.monotonic() >= deadline:
+                        raise RuntimeError(
+                            f"sentinel did not answer PING within {self.start_timeout} s "
+                            f"(port {self.port}). Log:\n{self.log()}"
+                        )
+                    time.sleep(_POLL_INTERVAL)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Kill the sentinel with SIGKILL and reap it (no-op if not running)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        proc.wait()
+
+    def close(self) -> None:
+        """Kill the sentinel if running and delete its directory. Safe to call twice."""
+        self.stop()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __repr__(self) -> str:
+        """Show the port and state."""
+        state = "running" if self.running else "stopped"
+        return f"<SentinelProcess {self.host}:{self._port} {state}>"
+
+    def client(self, **kwargs: Any) -> redis.asyncio.Redis:
+        """Return a new asyncio client of the sentinel itself; the caller closes it."""
+        options: dict[str, Any] = {"host": self.host, "port": self.port, "password": self.password}
+        options.update(kwargs)
+        return redis.asyncio.Redis(**options)
+
+    def sync_client(self, **kwargs: Any) -> redis.Redis:
+        """Return a new blocking client of the sentinel itself; the caller closes it."""
+        options: dict[str, Any] = {"host": self.host, "port": self.port, "password": self.password}
+        options.update(kwargs)
+        return redis.Redis(**options)
+
+
+class SentinelServers:
+    """A master, its replicas, and Redis Sentinels that monitor them, all on 127.0.0.1.
+
+    :attr:`servers` are :class:`RedisServer` objects: the initial master first, then its
+    replicas. :attr:`sentinels` are :class:`SentinelProcess` objects monitoring ``service``
+    with a quorum of a majority of them. After :meth:`start`, every sentinel knows the master,
+    every replica and every other sentinel, so a failover starts as soon as the master has
+    been unreachable for ``down_after_ms`` (then an election among sentinels and the promotion
+    take a couple of seconds more).
+
+    Typical use::
+
+        with SentinelServers() as deployment:  # started; closed on exit
+            sentinel = deployment.sentinel_client()  # redis.asyncio.sentinel.Sentinel
+            primary = sentinel.master_for(deployment.service)
+            old = deployment.kill_master()
+            new = deployment.wait_failover(old)
+
+    Args:
+        sentinels: Number of sentinels (at least 1).
+        replicas: Number of replicas of the master (failover needs at least 1).
+        service: The master name sentinels monitor it as.
+        binary: Server executable (run with ``--sentinel`` for sentinels too); defaults to
+            :func:`find_redis_server`.
+        password: ``requirepass`` and ``masterauth`` of the data servers; sentinels get it as
+            ``sentinel auth-pass``.
+        sentinel_password: ``requirepass`` of the sentinels themselves (none by default).
+        down_after_ms: ``sentinel down-after-milliseconds``.
+        failover_timeout_ms: ``sentinel failover-timeout``.
+        start_timeout: Seconds :meth:`start` waits for everything to be known.
+
+    Redis 6.2 and 7.0 (not Valkey 8) write ``sentinel auth-pass`` back into the config file
+    unquoted, so with a ``password`` containing spaces or quotes a sentinel cannot be started
+    again (:meth:`start_sentinels`) on those versions: "Unbalanced quotes in configuration line".
+    """
+
+    def __init__(
+        self,
+        sentinels: int = 3,
+        replicas: int = 1,
+        *,
+        service: str = "mymaster",
+        binary: str | None = None,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+        start_timeout: float = _TOPOLOGY_TIMEOUT,
+    ) -> None:
+        if sentinels < 1:
+            raise ValueError("at least one sentinel is needed")
+        if replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        self.binary = binary if binary is not None else find_redis_server()
+        self.service = service
+        self.password = password
+        self.sentinel_password = sentinel_password
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.start_timeout = start_timeout
+        self._replica_count = replicas
+        self._sentinel_count = sentinels
+        self.servers: list[RedisServer] = []
+        """The data servers, initial master first; failovers change roles, not this list."""
+        self.sentinels: list[SentinelProcess] = []
+        """The sentinels, in start order."""
+        self._started = False
+
+    @property
+    def quorum(self) -> int:
+        """Sentinels that must agree that the master is down: a majority of them."""
+        return self._sentinel_count // 2 + 1
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every sentinel, as ``redis.asyncio.sentinel.Sentinel`` takes."""
+        return [(sentinel.host, sentinel.port) for sentinel in self.sentinels]
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://[:password@]host:port,host:port,.../<service>``.
+
+        The password is the data servers' one; the sentinels' own (if any) is not in it.
+        """
+        auth = ""
+        if self.password is not None:
+            auth = ":" + urllib.parse.quote(self.password, safe="") + "@"
+        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinel_addresses)
+        return f"redis+sentinel://{auth}{hosts}/{urllib.parse.quote(self.service, safe='')}"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the master, its replicas (links up), then the sentinels, and wait until every
+        sentinel knows the master (not down), every replica (link ok) and every other sentinel.
+
+        Raises:
+            RuntimeError: If already started, or a process fails to start.
+            TimeoutError: If the sentinels do not learn everything within ``start_timeout``.
+        """
+        if self._started:
+            raise RuntimeError("the deployment was already started")
+        self._started = True
+        deadline = time.monotonic() + self.start_timeout
+        # masterauth on the master too: once demoted, it must authenticate to the new master.
+        auth = ("--masterauth", self.password) if self.password is not None else ()
+        master = RedisServer(binary=self.binary, password=self.password, extra_args=auth)
+        self.servers.append(master)
+        master.start()
+        for _ in range(self._replica_count):
+            replica = RedisServer(binary=self.binary, password=self.password, replica_of=master)
+            self.servers.append(replica)
+            replica.start()
+        service = _conf_quote(self.service)
+        config = [
+            f"sentinel monitor {service} {master.host} {master.port} {self.quorum}",
+            f"sentinel down-after-milliseconds {service} {self.down_after_ms}",
+            f"sentinel failover-timeout {service} {self.failover_timeout_ms}",
+            f"sentinel parallel-syncs {service} 1",
+        ]
+        if self.password is not None:
+            config.append(f"sentinel auth-pass {service} {_conf_quote(self.password)}")
+        for _ in range(self._sentinel_count):
+            sentinel = SentinelProcess(config, binary=self.binary, password=self.sentinel_password)
+            self.sentinels.append(sentinel)
+            sentinel.start()
+        self._wait(self._converged, deadline, "the sentinels to learn the deployment")
+
+    def _converged(self) -> bool:
+        master = self.servers[0]
+        replica_ports = {replica.port for replica in self.servers[1:]}
+        for sentinel in self.sentinels:
+            with _query_client(sentinel) as client:
+                state = _pairs(client.execute_command("SENTINEL", "MASTER", self.service))
+                if int(state.get("port", 0)) != master.port or state.get("flags") != "master":
+                    return False
+                replicas = self._sentinel_replicas(sentinel)
+                ok = {
+                    int(item["port"])
+                    for item in replicas
+                    if item.get("flags") == "slave" and item.get("master-link-status") == "ok"
+                }
+                if ok != replica_ports or len(replicas) != len(replica_ports):
+                    return False
+                others = [
+                    _pairs(item)
+                    for item in client.execute_command("SENTINEL", "SENTINELS", self.service)
+                ]
+                if len(others) != len(self.sentinels) - 1:
+                    return False
+                if any(item.get("flags") != "sentinel" for item in others):
+                    return False
+        return True
+
+    def _sentinel_replicas(self, sentinel: SentinelProcess) -> list[dict[str, str]]:
+        """``SENTINEL REPLICAS``, or ``SENTINEL SLAVES`` where REPLICAS is unknown."""
+        with _query_client(sentinel) as client:
+            try:
+                reply = client.execute_command("SENTINEL", "REPLICAS", self.service)
+            except redis.ResponseError:
+                reply = client.execute_command("SENTINEL", "SLAVES", self.service)
+        return [_pairs(item) for item in reply]
+
+    def _wait(self, check: Callable[[], bool], deadline: float, what: str) -> None:
+        try:
+            _poll(
+                check,
+                timeout=max(0.0, deadline - time.monotonic()),
+                what=lambda: f"{what}; sentinels say:\n{self._describe()}",
+                interval=_TOPOLOGY_POLL_INTERVAL,
+            )
+        except TimeoutError as exc:
+            processes: list[RedisServer | SentinelProcess] = [*self.servers, *self.sentinels]
+            logs = "\n".join(
+                f"--- log of {process!r}:\n{process.log()[-3000:]}" for process in processes
+            )
+            raise TimeoutError(f"{exc}\n{logs}") from None
+
+    def _describe(self) -> str:
+        lines = []
+        for sentinel in self.sentinels:
+            if not sentinel.running:
+                lines.append(f"{sentinel!r}")
+                continue
+            try:
+                with _query_client(sentinel) as client:
+                    master = _pairs(client.execute_command("SENTINEL", "MASTER", self.service))
+                    replicas = self._sentinel_replicas(sentinel)
+                    others = client.execute_command("SENTINEL", "SENTINELS", self.service)
+                links = [
+                    (r.get("port"), r.get("flags"), r.get("master-link-status")) for r in replicas
+                ]
+                summary = (
+                    f"master {master.get('port')} {master.get('flags')}, replicas {links}"
+                    f", {len(others)} other sentinels "
+                    f"{[_pairs(item).get('flags') for item in others]}"
+                )
+            except redis.RedisError as exc:
+                summary = f"unreachable: {exc!r}"
+            lines.append(f"{sentinel!r}: {summary}")
+        return "\n".join(lines)
+
+    # -- roles ------------------------------------------------------------------------------
+
+    def _named_master(self, sentinel: SentinelProcess) -> int | None:
+        """The master port ``sentinel`` names now (None if it names none)."""
+        with _query_client(sentinel) as client:
+            reply = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        if not reply:
+            return None
+        return int(reply[1])
+
+    def _server_on(self, port: int) -> RedisServer:
+        for server in self.servers:
+            if server.port == port:
+                return server
+        raise RuntimeError(f"sentinels name port {port}, which is none of {self.servers}")
+
+    def master(self) -> RedisServer:
+        """The data server that the first running sentinel names as master now.
+
+        Raises:
+            RuntimeError: If no sentinel is running or it names no master.
+        """
+        for sentinel in self.sentinels:
+            if sentinel.running:
+                port = self._named_master(sentinel)
+                if port is None:
+                    raise RuntimeError(f"{sentinel!r} names no master for {self.service!r}")
+                return self._server_on(port)
+        raise RuntimeError("no sentinel is running")
+
+    def kill_master(self) -> RedisServer:
+        """Crash the current :meth:`master` with SIGKILL and return it."""
+        master = self.master()
+        master.stop()
+        return master
+
+    def wait_failover(
+        self, old_master: RedisServer, timeout: float = _TOPOLOGY_TIMEOUT
+    ) -> RedisServer:
+        """Wait until every running sentinel names the same master other than ``old_master``,
+        and that server reports ``role:master``.
+
+        Args:
+            old_master: The master that failed.
+            timeout: Seconds to wait.
+
+        Returns:
+            The new master.
+
+        Raises:
+            RuntimeError: If no sentinel is running.
+            TimeoutError: If the failover does not complete in time.
+        """
+        found: list[RedisServer] = []
+
+        def failed_over() -> bool:
+            running = [sentinel for sentinel in self.sentinels if sentinel.running]
+            if not running:
+                raise RuntimeError("no sentinel is running, so none can fail over")
+            named = {self._named_master(sentinel) for sentinel in running}
+            if len(named) != 1:
+                return False
+            (port,) = named
+            if port is None or port == old_master.port:
+                return False
+            new = self._server_on(port)
+            if not new.running or new.paused:
+                return False
+            if _info(new, "INFO", "replication").get("role") != "master":
+                return False
+            found[:] = [new]
+            return True
+
+        self._wait(failed_over, time.monotonic() + timeout, f"a failover from {old_master!r}")
+        return found[0]
+
+    def stop_sentinels(self) -> None:
+        """Kill every sentinel (SIGKILL); the data servers keep running."""
+        for sentinel in self.sentinels:
+            sentinel.stop()
+
+    def start_sentinels(self, timeout: float = _TOPOLOGY_TIMEOUT) -> None:
+        """Start every stopped sentinel on its port, with what it knew (its rewritten config),
+        and wait until each names a master.
+
+        Args:
+            timeout: Seconds to wait for every sentinel to name a master.
+        """
+        for sentinel in self.sentinels:
+            if not sentinel.running:
+                sentinel.start()
+
+        def all_name_a_master() -> bool:
+            return all(self._named_master(sentinel) is not None for sentinel in self.sentinels)
+
+        self._wait(all_name_a_master, time.monotonic() + timeout, "sentinels to name a master")
+
+    def close(self) -> None:
+        """Kill every sentinel and server and delete their directories. Safe to call twice."""
+        for sentinel in self.sentinels:
+            sentinel.close()
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> SentinelServers:
+        """Start the deployment (closing it if that fails) and return it."""
+        if not self._started:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the deployment."""
+        self.close()
+
+    def __repr__(self) -> str:
+        """Show the ports."""
+        servers = ",".join(str(server._port) for server in self.servers)
+        sentinels = ",".join(str(sentinel._port) for sentinel in self.sentinels)
+        return f"<SentinelServers {self.service!r} servers {servers} sentinels {sentinels}>"
+
+    # -- clients ----------------------------------------------------------------------------
+
+    def sentinel_client(self, **kwargs: Any) -> redis.asyncio.sentinel.Sentinel:
+        """Return a ``redis.asyncio.sentinel.Sentinel`` on every sentinel, with the passwords.
+
+        ``master_for(service)`` / ``slave_for(service)`` then give clients that follow
+        failovers; the caller closes those.
+
+        Args:
+            **kwargs: Passed to ``Sentinel`` as connection options of the data servers.
+        """
+        options: dict[str, Any] = {"password": self.password}
+        options.update(kwargs)
+        return redis.asyncio.sentinel.Sentinel(
+            self.sentinel_addresses,
+            sentinel_kwargs={"password": self.sentinel_password},
+            **options,
+        )
+
+
+class MakeSentinels(Protocol):
+    """Type of the ``make_sentinels`` fixture: the arguments of :class:`SentinelServers`."""
+
+    def __call__(
+        self,
+        sentinels: int = ...,
+        replicas: int = ...,
+        *,
+        service: str = ...,
+        binary: str | None = ...,
+        password: str | None = ...,
+        sentinel_password: str | None = ...,
+        down_after_ms: int = ...,
+        failover_timeout_ms: int = ...,
+        start_timeout: float = ...,
+    ) -> SentinelServers:
+        """Start and return a deployment that is closed at teardown."""
         ...
 
 

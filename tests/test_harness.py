@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.exceptions
+from redis.crc import key_slot
 
 from tests.redis_harness import (
+    CLUSTER_BUS_PORT_OFFSET,
+    CLUSTER_SLOTS,
+    MakeCluster,
     MakeProxy,
     MakeRedisServer,
+    MakeSentinels,
     RedisServer,
+    SentinelServers,
     TcpProxy,
     find_redis_server,
+    free_cluster_port,
     free_port,
     no_retry,
     sync_no_retry,
@@ -392,3 +403,196 @@ async def test_drop_replies_applies_command_but_client_times_out(
         proxy.pass_through()
         async with asyncio.timeout(DEADLINE):
             assert await via_proxy.get("k") == b"v"
+
+
+# -- Redis Cluster --------------------------------------------------------------------------
+
+
+def test_free_cluster_port_has_a_free_bus_port() -> None:
+    port = free_cluster_port()
+    assert port > 0 and port + CLUSTER_BUS_PORT_OFFSET <= 65535
+    for candidate in (port, port + CLUSTER_BUS_PORT_OFFSET):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", candidate))
+
+
+def test_cluster_node_keeps_its_identity_across_restart(
+    make_redis_server: MakeRedisServer,
+) -> None:
+    node = make_redis_server(cluster=True, cluster_node_timeout_ms=500)
+    with node.sync_client(decode_responses=True) as client:
+        node_id = client.execute_command("CLUSTER", "MYID")
+        assert client.config_get("cluster-node-timeout") == {"cluster-node-timeout": "500"}
+        validity = client.config_get("cluster-replica-validity-factor")
+        assert validity == {"cluster-replica-validity-factor": "0"}
+    assert node.cluster_config_path.is_file()
+    node.restart()
+    with node.sync_client(decode_responses=True) as client:
+        assert client.execute_command("CLUSTER", "MYID") == node_id
+    with pytest.raises(ValueError, match="CLUSTER REPLICATE"):
+        RedisServer(cluster=True, replica_of=node)
+
+
+async def test_cluster_forms_and_serves_every_slot(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster()
+    assert len(cluster.nodes) == 6
+    masters, replicas = cluster.masters(), cluster.replicas()
+    assert masters == cluster.nodes[:3]
+    assert replicas == cluster.nodes[3:]
+    for master, replica in zip(masters, replicas, strict=True):
+        assert cluster.replicas_of(master) == [replica]
+    assert cluster.url == f"redis://127.0.0.1:{cluster.nodes[0].port}"
+    for node in cluster.nodes:
+        with node.sync_client(decode_responses=True) as client:
+            info = client.cluster("INFO")
+            assert info["cluster_state"] == "ok"
+            assert int(info["cluster_slots_assigned"]) == CLUSTER_SLOTS
+            assert int(info["cluster_known_nodes"]) == 6
+    served: list[int] = []
+    with cluster.nodes[0].sync_client() as client:
+        for first, last, owner, *_ in client.execute_command("CLUSTER", "SLOTS"):
+            assert int(owner[1]) in {master.port for master in masters}
+            served += range(first, last + 1)
+    assert sorted(served) == list(range(CLUSTER_SLOTS))
+
+
+async def test_cluster_key_owner_answers_and_others_redirect(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3, 0)
+    owner = cluster.owner_of("greeting")
+    assert cluster.owner_of("{greeting}.other") is owner  # same hash tag, same slot
+    async with owner.client() as direct:
+        await direct.set("greeting", "hello")
+    for node in cluster.nodes:
+        if node is owner:
+            continue
+        async with node.client(retry=no_retry()) as other:
+            with pytest.raises(redis.exceptions.MovedError) as moved:
+                await other.get("greeting")
+            assert (moved.value.slot_id, moved.value.port) == (key_slot(b"greeting"), owner.port)
+    async with cluster.client() as client:
+        assert await client.get("greeting") == b"hello"
+        await client.set("elsewhere", "x")
+    async with cluster.owner_of("elsewhere").client() as direct:
+        assert await direct.get("elsewhere") == b"x"
+
+
+async def test_cluster_kill_owner_promotes_its_replica(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster()
+    async with cluster.client() as client:
+        await client.set("k", "before")
+        old = cluster.owner_of("k")
+        (replica,) = cluster.replicas_of(old)
+        async with old.client() as direct:
+            assert await direct.wait(1, 5000) == 1  # replicated
+        old_id = cluster.node_id(old)
+        cluster.kill(old)
+        assert not old.running
+        new = cluster.wait_failover(old, timeout=DEADLINE)
+        assert new is replica
+        assert cluster.owner_of("k") is new
+        assert old not in cluster.masters()
+        assert new in cluster.masters()
+        assert await client.get("k") == b"before"  # the same client follows the failover
+        await client.set("k", "after")
+    async with cluster.client() as fresh:
+        assert await fresh.get("k") == b"after"
+    old.start()  # nodes.conf kept: it rejoins as itself, now a replica of its replica
+
+    def old_rejoined() -> bool:
+        return cluster.replicas_of(new) == [old]
+
+    await eventually(old_rejoined, timeout=DEADLINE)
+    assert cluster.node_id(old) == old_id
+
+
+async def test_cluster_with_password(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3, 1, password="p@ss word")
+    assert cluster.url.startswith("redis://:p%40ss%20word@127.0.0.1:")
+    async with redis.asyncio.RedisCluster.from_url(cluster.url) as client:
+        await client.set("k", "v")
+        assert await client.get("k") == b"v"
+    async with cluster.nodes[0].client(password=None, retry=no_retry()) as anonymous:
+        with pytest.raises(redis.AuthenticationError):
+            await anonymous.ping()
+
+
+# -- Sentinel -------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def sentinel_of(
+    deployment: SentinelServers,
+) -> AsyncIterator[redis.asyncio.sentinel.Sentinel]:
+    """``deployment.sentinel_client()``, with its connections to the sentinels closed after."""
+    sentinel = deployment.sentinel_client(retry=no_retry())
+    try:
+        yield sentinel
+    finally:
+        for client in sentinel.sentinels:
+            await client.aclose()
+
+
+async def test_sentinels_form(make_sentinels: MakeSentinels) -> None:
+    deployment = make_sentinels()
+    master, replica = deployment.servers
+    assert deployment.master() is master
+    hosts = ",".join(f"127.0.0.1:{port}" for _, port in deployment.sentinel_addresses)
+    assert deployment.url == f"redis+sentinel://{hosts}/mymaster"
+    assert len(deployment.sentinel_addresses) == 3
+    async with master.client() as m, replica.client() as r:
+        assert (await m.info("replication"))["role"] == "master"
+        info = await r.info("replication")
+        assert (info["role"], info["master_port"], info["master_link_status"]) == (
+            "slave",
+            master.port,
+            "up",
+        )
+    async with sentinel_of(deployment) as sentinel:
+        assert await sentinel.discover_master("mymaster") == (master.host, master.port)
+        assert await sentinel.discover_slaves("mymaster") == [(replica.host, replica.port)]
+        for sentinel_client in sentinel.sentinels:
+            others = await sentinel_client.sentinel_sentinels("mymaster")
+            assert isinstance(others, list)
+            assert len(others) == 2
+
+
+async def test_sentinel_kill_master_fails_over_to_the_replica(
+    make_sentinels: MakeSentinels,
+) -> None:
+    deployment = make_sentinels()
+    old, replica = deployment.servers
+    async with sentinel_of(deployment) as sentinel:
+        async with sentinel.master_for("mymaster") as primary:
+            await primary.set("k", "before")
+        assert deployment.kill_master() is old
+        assert not old.running
+        new = deployment.wait_failover(old, timeout=DEADLINE)
+        assert new is replica
+        assert deployment.master() is new
+        async with sentinel.master_for("mymaster") as primary:
+            await primary.set("k", "after")
+    async with new.client() as direct:
+        assert await direct.get("k") == b"after"
+        assert (await direct.info("replication"))["role"] == "master"
+
+
+async def test_sentinel_passwords_and_no_sentinel_reachable(
+    make_sentinels: MakeSentinels,
+) -> None:
+    deployment = make_sentinels(password="secret", sentinel_password="sentinel-secret")
+    hosts = ",".join(f"127.0.0.1:{port}" for _, port in deployment.sentinel_addresses)
+    assert deployment.url == f"redis+sentinel://:secret@{hosts}/mymaster"
+    master = deployment.master()
+    async with deployment.sentinels[0].client(password=None, retry=no_retry()) as anonymous:
+        with pytest.raises(redis.AuthenticationError):
+            await anonymous.ping()
+    async with sentinel_of(deployment) as sentinel:
+        async with sentinel.master_for("mymaster") as primary:
+            await primary.set("k", "v")
+        deployment.stop_sentinels()
+        with pytest.raises(redis.asyncio.sentinel.MasterNotFoundError):
+            await sentinel.discover_master("mymaster")
+        deployment.start_sentinels()
+        assert await sentinel.discover_master("mymaster") == (master.host, master.port)
+    async with master.client() as direct:
+        assert await direct.get("k") == b"v"
