@@ -234,6 +234,9 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
     return StoreError(f"Redis answered an error while {what}: {message}")
 
 
+_WRITES: Final = ("acquiring the lock", "renewing the lease")
+
+
 class RedisStore:
     """The lease of one election on one Redis client: ``redis.asyncio.Redis`` (also one from
     ``Sentinel.master_for``), ``RedisCluster``, or the :class:`UrlClient` of a URL.
@@ -259,6 +262,7 @@ class RedisStore:
         self._keys = (lock_key, info_key, fence_key)
         self._channel = channel
         self._min_replicas = min_replicas
+        self._cached: set[str] = set()  # scripts this store has run (the server caches them)
         # An in-process fakeredis server dies with the process and cannot lose data under a live
         # leader, and it has no INFO: restart protection does not apply to it.
         self._in_process = any(c.__module__.startswith("fakeredis") for c in type(client).__mro__)
@@ -299,8 +303,14 @@ class RedisStore:
             async with self._clock.timeout(max(timeout, 0.0)):
                 return await call(await resolve_client(self._client))
         except TimeoutError as exc:
+            waiting = (
+                f" (with min_replicas={self._min_replicas}, the wait for the replicas' "
+                "acknowledgements may be what did not finish)"
+                if self._min_replicas and what in _WRITES
+                else ""
+            )
             raise StoreUnavailableError(
-                f"Redis did not answer within {timeout:.3g}s while {what}"
+                f"Redis did not answer within {timeout:.3g}s while {what}{waiting}"
             ) from exc
         except (rx.RedisError, OSError) as exc:
             raise translate(exc, what, self._keys) from exc
@@ -322,9 +332,13 @@ class RedisStore:
         """
         if self._min_replicas == 0:
             return await self._script(client, src, nkeys, *args)
-        wait_ms = max(1, int(timeout * 900))  # leave a tenth of the deadline for the reply
+        # Half the deadline: a server notices a WAIT's timeout on its next cron tick (100 ms
+        # apart at the default hz 10), so the answer can come that much later than asked.
+        wait_ms = max(1, int(timeout * 500))
         target = {"target_nodes": client.get_node_from_key(args[0])} if is_cluster(client) else {}
-        for cached in (True, False):
+        # A WAIT after a script the server did not know would wait for nothing, and the retry
+        # would wait again: the first call of each script sends its body (EVAL caches it).
+        for cached in (True, False) if src in self._cached else (False,):
             pipe = client.pipeline(transaction=False)
             if cached:
                 pipe.evalsha(SHA[src], nkeys, *args)
@@ -333,10 +347,11 @@ class RedisStore:
             pipe.execute_command("WAIT", self._min_replicas, wait_ms, **target)
             reply, acknowledged = await pipe.execute(raise_on_error=False)
             if cached and isinstance(reply, rx.NoScriptError):
-                continue
+                continue  # the server lost its script cache (a restart)
             for result in (reply, acknowledged):
                 if isinstance(result, BaseException):
                     raise result
+            self._cached.add(src)
             return reply, int(acknowledged)
         raise AssertionError("unreachable")  # pragma: no cover
 
