@@ -163,6 +163,7 @@ class ChannelHub:
         self._task: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self._sharded = False  # the live subscription is to shard channels
+        self._shards = True  # False once a cluster node said it has no SSUBSCRIBE (Redis 6.2)
 
     @classmethod
     def for_client(
@@ -270,6 +271,10 @@ class ChannelHub:
                     await self._listen(resync)
                     backoff = 0.05
                 except (rx.RedisError, OSError) as exc:
+                    if "SSUBSCRIBE" in str(exc) and "unknown command" in str(exc).lower():
+                        # Redis 6.2's cluster has no shard channels, but broadcasts PUBLISH
+                        # (which the scripts fall back to) to every node: SUBSCRIBE there.
+                        self._shards = False
                     error = self._translate(exc, "subscribing to the release channel")
                     if isinstance(error, StoreAuthenticationError) and not warned:
                         warned = True
@@ -321,16 +326,13 @@ class ChannelHub:
         return own.pubsub(), own
 
     async def _subscribe(self, pubsub: Any, own: Any, channels: list[str]) -> None:
-        if own is not None and callable(getattr(pubsub, "ssubscribe", None)):
-            try:
-                await pubsub.ssubscribe(*channels)
-                self._sharded = True
-                return
-            except rx.ResponseError as exc:
-                if "unknown" not in str(exc).lower():
-                    raise
-        self._sharded = False  # Redis 6.2: its cluster broadcasts PUBLISH to every node
-        await pubsub.subscribe(*channels)
+        self._sharded = (
+            own is not None and self._shards and callable(getattr(pubsub, "ssubscribe", None))
+        )
+        if self._sharded:
+            await pubsub.ssubscribe(*channels)
+        else:
+            await pubsub.subscribe(*channels)
 
     async def _listen(self, resync: bool) -> None:
         own: Any = None

@@ -195,6 +195,8 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
             "is being moved"
         )
     if isinstance(exc, rx.AskError) or message.startswith(("MOVED ", "ASK ")):
+        if isinstance(exc, rx.AskError) and not message.startswith(("MOVED", "ASK")):
+            message = f"{'MOVED' if isinstance(exc, rx.MovedError) else 'ASK'} {message}"
         return StoreError(
             f"a Redis Cluster node redirected the call while {what} ({message}) to the node that "
             "owns the election's slot, and this client does not follow redirections: pass a "

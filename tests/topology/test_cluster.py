@@ -1,0 +1,146 @@
+"""Redis Cluster: any node's URL, the election's slot owner, sharded release notices, clear
+errors for a client that cannot follow redirections, and ``min_replicas`` on the slot's node.
+
+Every test here runs on real cluster nodes (3 masters with a replica each) started by the
+harness; the failover tests are in ``test_cluster_faults.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio
+from redis.crc import key_slot
+
+from leaderelection import LeaderElection, LeaderObserver, StoreError
+from leaderelection._connect import UrlClient
+from tests.redis_harness import ClusterServers
+from tests.support import eventually, fast_config
+
+pytestmark = pytest.mark.redis
+
+
+def elsewhere(cluster: ClusterServers, key: str) -> list[Any]:
+    """The nodes that do not own ``key``'s slot: masters of other slots, and every replica."""
+    owner = cluster.owner_of(key)
+    return [node for node in cluster.nodes if node is not owner]
+
+
+async def test_the_url_of_any_node_finds_the_cluster_and_elects(
+    cluster: ClusterServers, name: str
+) -> None:
+    config = fast_config(name, lock_ttl="10s", heartbeat_interval="1s", restart_protection=False)
+    urls = [cluster.url_of(node) for node in elsewhere(cluster, config.lock_key)]
+    assert len(urls) == 5  # two other masters, three replicas
+    elections = [LeaderElection(url, config) for url in urls]
+    try:
+        for election in elections:
+            await election.start()
+        leaders = [e for e in elections if e.is_leader]
+        assert len(leaders) == 1
+        for election in elections:
+            assert await election.get_leader_id() == leaders[0].instance_id
+        client = elections[0]._client
+        assert isinstance(client, UrlClient) and client.kind == "cluster"
+    finally:
+        for election in elections:
+            await election.stop()
+
+
+async def test_a_release_reaches_followers_on_the_shard_channel_at_once(
+    cluster: ClusterServers, name: str
+) -> None:
+    """With a 10 s lease, a follower that leads within a second of the resign was woken by the
+    release notice (SSUBSCRIBE on the slot's node; SUBSCRIBE on 6.2), not by the lease."""
+    config = fast_config(name, lock_ttl="10s", heartbeat_interval="1s", restart_protection=False)
+    a_url, b_url = (cluster.url_of(node) for node in elsewhere(cluster, config.lock_key)[:2])
+    async with LeaderElection(a_url, config) as a, LeaderElection(b_url, config) as b:
+        assert a.is_leader and not b.is_leader
+        hub = b._campaign.store.hub if b._campaign.store is not None else None
+        assert hub is not None
+        assert await hub.wait_active(config.release_channel, timeout=5)
+        with cluster.nodes[0].sync_client() as node:
+            major = int(str(node.info("server")["redis_version"]).split(".")[0])
+        assert hub._sharded == (major >= 7)  # shard channels where the server has them
+        for _ in range(3):
+            leader, follower = (a, b) if a.is_leader else (b, a)
+            token = leader.fencing_token
+            assert token is not None
+            resigned = time.monotonic()
+            await leader.resign()
+            await follower.wait_until_leader(timeout=1.0)
+            assert time.monotonic() - resigned < 1.0
+            assert follower.fencing_token is not None and follower.fencing_token > token
+
+
+async def test_an_observer_on_another_node_sees_every_term(
+    cluster: ClusterServers, name: str
+) -> None:
+    config = fast_config(name, lock_ttl="10s", heartbeat_interval="1s", restart_protection=False)
+    nodes = elsewhere(cluster, config.lock_key)
+    seen: list[int | None] = []
+    async with LeaderObserver(cluster.url_of(nodes[-1]), config) as observer:
+        changes = observer.changes()
+
+        async def watch() -> None:
+            async for change in changes:
+                seen.append(change.leader.fencing_token if change.leader else None)
+
+        task = asyncio.get_running_loop().create_task(watch())
+        try:
+            await eventually(lambda: seen == [None])
+            async with LeaderElection(cluster.url_of(nodes[0]), config) as a:
+                await eventually(lambda: seen[-1] == a.fencing_token)
+            await eventually(lambda: seen[-1] is None)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await changes.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_cluster_client_passed_in_works_and_is_not_closed(
+    cluster: ClusterServers, name: str
+) -> None:
+    config = fast_config(name, lock_ttl="10s", heartbeat_interval="1s", restart_protection=False)
+    async with cluster.client() as client:
+        async with LeaderElection(client, config) as a, LeaderElection(client, config) as b:
+            assert a.is_leader != b.is_leader
+            leader, follower = (a, b) if a.is_leader else (b, a)
+            await leader.resign()
+            await follower.wait_until_leader(timeout=1.0)
+        assert await client.ping()  # still open: the caller owns it
+
+
+async def test_a_plain_client_on_a_node_without_the_slot_gets_a_clear_error(
+    cluster: ClusterServers, name: str
+) -> None:
+    config = fast_config(name, restart_protection=False)
+    node = next(n for n in cluster.masters() if n is not cluster.owner_of(config.lock_key))
+    async with redis.asyncio.Redis(host=node.host, port=node.port) as plain:
+        with pytest.raises(StoreError, match="redirected the call") as refused:
+            await LeaderElection(plain, config).start()
+    message = str(refused.value)
+    assert "MOVED" in message and "RedisCluster client" in message
+    assert str(key_slot(config.lock_key.encode())) in message
+
+
+async def test_min_replicas_waits_on_the_node_of_the_election_slot(
+    cluster: ClusterServers, name: str
+) -> None:
+    config = fast_config(
+        name, lock_ttl="3s", heartbeat_interval="500ms", min_replicas=1, restart_protection=False
+    )
+    owner = cluster.owner_of(config.lock_key)
+    (replica,) = cluster.replicas_of(owner)
+    async with LeaderElection(cluster.url_of(owner), config) as election:
+        assert election.is_leader
+        replica.pause()
+        try:
+            await election.wait_until_follower(timeout=5)
+            await eventually(lambda: "replicas" in (election.statistics().last_error or ""))
+        finally:
+            replica.resume()
+        await election.wait_until_leader(timeout=10)
