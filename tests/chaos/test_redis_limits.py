@@ -109,3 +109,60 @@ async def test_failover_to_a_lagging_replica_overlaps_but_fencing_orders_the_wri
     assert report.total.token_regressions == 0, table
     assert report.total.unbalanced == 0, table
     assert not report.safe  # S1 broke, as documented in docs/guarantees.md
+
+
+async def test_with_min_replicas_the_unreplicated_grant_never_counts_so_no_overlap(
+    make_redis_server: Any, make_proxy: Any, tmp_path: Path
+) -> None:
+    """The same schedule with ``min_replicas=1``: the grant the replica missed was never
+    acknowledged, so the first candidate never led, and the promoted replica's term (once it has
+    a replica of its own) overlaps nothing."""
+    primary = make_redis_server()
+    link = await make_proxy(primary)
+    replica = await asyncio.to_thread(make_redis_server, replica_of=(link.host, link.port))
+    await asyncio.to_thread(replica.wait_uptime_above, 3)
+    config: dict[str, Any] = {
+        "name": "limits",
+        "lock_ttl": "2s",
+        "heartbeat_interval": "100ms",
+        "retry_interval": "200ms",
+        "renew_deadline": "1800ms",
+        "min_replicas": 1,
+    }
+    faults = [{"meta": {"ttl": 2.0, "retry": 0.2, "types": [FAULT]}, "t": time.monotonic()}]
+    faults.append({"started": time.monotonic()})
+    first = recording_election(
+        primary.url,
+        ElectionConfig(instance_id="first", **config),
+        History(str(tmp_path / "agent-first.jsonl")),
+    )
+    second = recording_election(
+        replica.url,
+        ElectionConfig(instance_id="second", **config),
+        History(str(tmp_path / "agent-second.jsonl")),
+    )
+    link.blackhole()
+    async with first:
+        assert not first.is_leader  # the grant was written, but no replica acknowledged it
+        assert "min_replicas=1" in (first.statistics().last_error or "")
+        inject = time.monotonic()
+        primary.stop()
+        await link.close()
+        replica.promote()
+        faults.append({"fault": FAULT, "target": "redis", "inject": inject})
+        async with second:
+            assert not second.is_leader  # the new primary has no replica yet
+            await asyncio.to_thread(make_redis_server, replica_of=replica)
+            faults[-1]["heal"] = time.monotonic()
+            await second.wait_until_leader(timeout=10)
+            assert not first.is_leader
+            assert first.statistics().terms_won == 0
+            faults.append({"finished": time.monotonic()})
+    (tmp_path / "resource.jsonl").write_text("")
+    (tmp_path / "faults.jsonl").write_text("".join(json.dumps(r) + "\n" for r in faults))
+    report = check(tmp_path)
+    table = format_table(report)
+    print(table)
+    assert report.rows[FAULT].overlaps == 0, table
+    assert report.total.token_regressions == 0, table
+    assert report.total.unbalanced == 0, table
