@@ -1,4 +1,5 @@
-"""A candidate in its own process, for fault tests: ``python candidate.py URL NAME ID [timings]``.
+"""A candidate in its own process, for fault tests:
+``python candidate.py URL NAME ID TTL HEARTBEAT RETRY [MIN_REPLICAS]``.
 
 It campaigns and prints one JSON line per event on stdout, flushed at once, with
 ``time.monotonic()`` timestamps (one clock for every process on a Linux machine):
@@ -52,14 +53,16 @@ def record_transitions(election: LeaderElection) -> None:
     campaign.apply = apply  # type: ignore[method-assign]
 
 
-async def main(url: str, name: str, instance_id: str, *timings: str) -> None:
-    ttl, heartbeat, retry = timings
+async def main(argv: list[str]) -> None:
+    url, name, instance_id, ttl, heartbeat, retry, *rest = argv
+    replicas = rest[0] if rest else "0"
     config = ElectionConfig(
         name=name,
         instance_id=instance_id,
         lock_ttl=ttl,
         heartbeat_interval=heartbeat,
         retry_interval=retry,
+        min_replicas=int(replicas),
     )
     election = LeaderElection(url, config)
     record_transitions(election)
@@ -89,4 +92,4 @@ async def main(url: str, name: str, instance_id: str, *timings: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:7]))
+    asyncio.run(main(sys.argv[1:8]))

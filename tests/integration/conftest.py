@@ -113,7 +113,15 @@ def assert_one_leader_at_a_time(*candidates: Candidate) -> None:
 
 class MakeCandidate(Protocol):
     async def __call__(
-        self, url: str, name: str, *, ttl: str = ..., heartbeat: str = ..., retry: str = ...
+        self,
+        url: str,
+        name: str,
+        *,
+        ttl: str = ...,
+        heartbeat: str = ...,
+        retry: str = ...,
+        min_replicas: int = ...,
+        ready_timeout: float = ...,
     ) -> Candidate: ...
 
 
@@ -123,7 +131,14 @@ async def make_candidate() -> AsyncIterator[MakeCandidate]:
     made: list[Candidate] = []
 
     async def make(
-        url: str, name: str, *, ttl: str = "1s", heartbeat: str = "100ms", retry: str = "200ms"
+        url: str,
+        name: str,
+        *,
+        ttl: str = "1s",
+        heartbeat: str = "100ms",
+        retry: str = "200ms",
+        min_replicas: int = 0,
+        ready_timeout: float = 30,
     ) -> Candidate:
         instance_id = f"proc-{uuid.uuid4().hex[:6]}"
         env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -136,13 +151,14 @@ async def make_candidate() -> AsyncIterator[MakeCandidate]:
             ttl,
             heartbeat,
             retry,
+            str(min_replicas),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
         )
         candidate = Candidate(proc, instance_id)
         made.append(candidate)
-        await candidate.expect("ready", timeout=30)
+        await candidate.expect("ready", timeout=ready_timeout)
         return candidate
 
     yield make
