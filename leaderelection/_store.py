@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
@@ -180,9 +181,14 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
             "lost lease costs nothing"
         )
     if isinstance(exc, MasterNotFoundError):
+        service = re.search(r"No master found for ('[^']*')", message)
+        # redis-py lists each sentinel's client object and error; keep the errors.
+        errors = re.findall(r" - (?:\w+:)?(\w+Error: .*?)(?=, <redis|\Z)", message)
         return StoreUnavailableError(
-            f"no Sentinel named a reachable master while {what}: {message}. Check the sentinels' "
-            "addresses and the service name in the redis+sentinel:// URL"
+            f"no Sentinel named a reachable master"
+            f"{' for ' + service.group(1) if service else ''} while {what}"
+            f"{': ' + '; '.join(errors) if errors else ''}. Check the sentinels' addresses and "
+            "the service name in the redis+sentinel:// URL"
         )
     if isinstance(exc, rx.ClusterDownError) or message.startswith("CLUSTERDOWN"):
         return StoreUnavailableError(
@@ -315,7 +321,11 @@ class RedisStore:
                 f"Redis did not answer within {timeout:.3g}s while {what}{waiting}"
             ) from exc
         except (rx.RedisError, OSError) as exc:
-            raise translate(exc, what, self._keys) from exc
+            error = translate(exc, what, self._keys)
+            sentinel = self._client.sentinel if isinstance(self._client, UrlClient) else None
+            if isinstance(exc, MasterNotFoundError) and sentinel is not None:
+                error = StoreUnavailableError(f"{error} (sentinels tried: {sentinel.describe()})")
+            raise error from exc
 
     @staticmethod
     async def _script(client: Any, src: str, nkeys: int, *args: object) -> Any:

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio
 from redis.crc import key_slot
 
-from leaderelection import LeaderElection, LeaderObserver, StoreError
+from leaderelection import ConfigurationError, LeaderElection, LeaderObserver, StoreError
 from leaderelection._connect import UrlClient
 from tests.redis_harness import ClusterServers
 from tests.support import eventually, fast_config
@@ -144,3 +144,11 @@ async def test_min_replicas_waits_on_the_node_of_the_election_slot(
         finally:
             replica.resume()
         await election.wait_until_leader(timeout=10)
+
+
+async def test_a_cluster_url_with_a_database_number_is_refused_at_start(
+    cluster: ClusterServers, name: str
+) -> None:
+    config = fast_config(name, restart_protection=False)
+    with pytest.raises(ConfigurationError, match="only database 0"):
+        await LeaderElection(cluster.url_of(cluster.nodes[0]) + "/1", config).start()
