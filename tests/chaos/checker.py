@@ -20,7 +20,7 @@ Properties, per fault type and in total:
 * **L1** failover: for each fault, the time from its healing to the start of the first term that
   the fault did not end (zero when such a term was already running at the heal), against
   ``lock_ttl + retry_interval + epsilon``; for a restart of the lease server, against the restart
-  protection (``ceil(lock_ttl) + 2 s`` of uptime, read in whole seconds, so up to 1 s more) plus
+  protection (``ceil(lock_ttl) + 1 s`` of uptime, read in whole seconds, so up to 1 s more) plus
   ``retry_interval + epsilon``.
 * **L2** step-downs without a fault: a term lost (``renew_deadline`` or ``lock_lost``) outside
   every fault's window, from its injection to ``lock_ttl + retry_interval + 1 s`` after its heal.
@@ -106,9 +106,9 @@ def _load(path: Path) -> list[dict[str, Any]]:
 def failover_bound(fault: str, ttl: float, retry: float) -> float:
     """The L1 target for one fault type, in seconds after the heal."""
     if fault in RESTARTS:
-        # The protection needs ceil(ttl) + 2 s of uptime, which INFO reports in whole seconds:
+        # The protection needs ceil(ttl) + 1 s of uptime, which INFO reports in whole seconds:
         # the wait it asks for can end up to one second after that.
-        return math.ceil(ttl) + 3 + retry + EPSILON
+        return math.ceil(ttl) + 2 + retry + EPSILON
     return ttl + retry + EPSILON
 
 

@@ -56,7 +56,7 @@ FAULTS: tuple[str, ...] = (
 )
 
 # Faults after which the lease server has just started: a free lock is granted only once its
-# uptime passed the restart protection (ceil(lock_ttl) + 2 s).
+# uptime passed the restart protection (ceil(lock_ttl) + 1 s).
 RESTARTS = frozenset(
     {"redis_restart_volatile", "redis_restart_aof", "redis_restart_shutdown", "redis_down_long"}
 )

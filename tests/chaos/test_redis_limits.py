@@ -37,7 +37,7 @@ async def test_failover_to_a_lagging_replica_overlaps_but_fencing_orders_the_wri
     # started from a thread: the proxy needs this event loop while the replica syncs
     replica = await asyncio.to_thread(make_redis_server, replica_of=(link.host, link.port))
     resource_server = make_redis_server()
-    # the restart protection needs ceil(2 s) + 2 s of uptime before a free lock is granted
+    # the restart protection needs ceil(2 s) + 1 s of uptime before a free lock is granted
     await asyncio.to_thread(replica.wait_uptime_above, 3)
     config: dict[str, Any] = {
         "name": "limits",

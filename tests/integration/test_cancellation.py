@@ -395,7 +395,7 @@ async def test_unanswered_first_acquire_does_not_lead_and_its_lock_is_taken_over
     through its unknown-token bookkeeping, with a greater fencing token, before the orphaned
     lease could have expired: it did not wait for the TTL.
     """
-    # restart protection needs an uptime of ceil(3) + 2 s: shared_redis has more.
+    # restart protection needs an uptime of ceil(3) + 1 s: shared_redis has more.
     config = fast_config(name, lock_ttl="3s", heartbeat_interval="500ms", retry_interval="100ms")
     client = await proxied_client(proxy, "pooled")
     calls = Callbacks()

@@ -20,11 +20,11 @@ from tests.support import eventually, fast_config
 async def test_a_brand_new_server_holds_the_first_election_back(
     make_redis_server: Any, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Guarantee 3: on a server younger than ceil(lock_ttl) + 2 s with the lock free, the
+    """Guarantee 3: on a server younger than ceil(lock_ttl) + 1 s with the lock free, the
     election does not grant a term; statistics() and the log say it is holding back."""
     server = make_redis_server()  # just started: uptime 0 or 1 s
     config = fast_config(name, lock_ttl="5s", heartbeat_interval="1s", retry_interval="1s")
-    needed = math.ceil(config.lock_ttl.total_seconds()) + 2
+    needed = math.ceil(config.lock_ttl.total_seconds()) + 1
     with caplog.at_level(logging.WARNING, logger="leaderelection"):
         async with LeaderElection(server.url, config) as election:
             stats = election.statistics()
