@@ -80,6 +80,7 @@ from ._callbacks import (
     refuse_awaitable,
 )
 from ._config import ElectionConfig, config_argument, new_instance_id
+from ._connect import check_url
 from ._core import ElectionStatistics
 from ._election import Lifecycle
 from ._exceptions import ConfigurationError, ElectionNotRunningError, LeaderElectionError
@@ -119,11 +120,12 @@ class LeaderElection:
     start it in the process that uses it: with a pre-forking server (gunicorn), after the fork.
 
     Args:
-        redis: A ``redis://``, ``rediss://`` or ``unix://`` URL, or a zero-argument function that
-            returns a ``redis.asyncio.Redis`` (also from ``Sentinel.master_for``) or
-            ``RedisCluster``. The function is called on the election's own event loop, because a
-            client made on another loop cannot be used on it; the election closes that client
-            when it stops.
+        redis: A URL (``redis://`` of one server or of any node of a Redis Cluster,
+            ``rediss://``, ``unix://``, ``redis+sentinel://``: see docs/topologies.md), or a
+            zero-argument function that returns a ``redis.asyncio.Redis`` (also from
+            ``Sentinel.master_for``) or ``RedisCluster``. The function is called on the
+            election's own event loop, because a client made on another loop cannot be used on
+            it; the election closes that client when it stops.
         config: The election's settings; default ``ElectionConfig()``.
         on_become_leader: A callback registered first, as with :meth:`on_become_leader`.
         on_lose_leadership: A callback registered first, as with :meth:`on_lose_leadership`.
@@ -173,10 +175,13 @@ class LeaderElection:
     ) -> None:
         self._config = config_argument(config)
         check_error_handler(on_error)
-        if not isinstance(redis, str):
+        if isinstance(redis, str):
+            check_url(redis)
+        else:
             if not isinstance(redis, type) and callable(getattr(redis, "evalsha", None)):
                 raise ConfigurationError(
-                    "leaderelection.sync.LeaderElection takes a redis:// URL or a zero-argument "
+                    "leaderelection.sync.LeaderElection takes a URL (redis://, rediss://, unix://, "
+                    "redis+sentinel://) or a zero-argument "
                     "function that makes the client, such as `lambda: redis.asyncio.Redis(...)`, "
                     "not a client: the election runs on an event loop of its own, and a client "
                     "made outside it cannot be used there"

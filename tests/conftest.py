@@ -27,6 +27,17 @@ from tests.redis_harness import (
     find_redis_server,
 )
 
+# Fixtures that start real servers: a test that uses one (directly or through another fixture)
+# is marked ``redis``, so that ``pytest -m redis`` (and ``nox -s compat``) selects every test
+# that talks to a real server, whatever its module says.
+REAL_SERVER_FIXTURES = frozenset({"redis_server_bin"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
 
 @pytest.fixture(scope="session")
 def redis_server_bin() -> str:

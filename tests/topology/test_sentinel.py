@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 
-from leaderelection import LeaderElection, LeaderObserver, StoreUnavailableError
+from leaderelection import (
+    ConfigurationError,
+    LeaderElection,
+    LeaderObserver,
+    StoreUnavailableError,
+)
 from leaderelection._connect import UrlClient
 from tests.redis_harness import SentinelServers
 from tests.support import eventually, fast_config
@@ -88,3 +93,14 @@ async def test_no_sentinel_reachable_is_a_clear_retried_error_naming_the_sentine
         await eventually(lambda: "no Sentinel" in (election.statistics().last_error or ""))
         servers.start_sentinels()
         await election.wait_until_leader(timeout=10)
+
+
+def test_the_threaded_facade_takes_the_sentinel_url(sentinels: SentinelServers, name: str) -> None:
+    from leaderelection.sync import LeaderElection as SyncLeaderElection
+
+    config = lease(name, restart_protection=False)
+    with SyncLeaderElection(sentinels.url, config) as election:
+        assert election.is_leader
+        assert election.get_leader_id() == election.instance_id
+    with pytest.raises(ConfigurationError, match="name the service"):
+        SyncLeaderElection("redis+sentinel://127.0.0.1:1/", config)
