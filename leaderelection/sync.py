@@ -80,7 +80,6 @@ from ._callbacks import (
     refuse_awaitable,
 )
 from ._config import ElectionConfig, config_argument, new_instance_id
-from ._connect import check_url
 from ._core import ElectionStatistics
 from ._election import Lifecycle
 from ._exceptions import ConfigurationError, ElectionNotRunningError, LeaderElectionError
@@ -175,9 +174,7 @@ class LeaderElection:
     ) -> None:
         self._config = config_argument(config)
         check_error_handler(on_error)
-        if isinstance(redis, str):
-            check_url(redis)
-        else:
+        if not isinstance(redis, str):
             if not isinstance(redis, type) and callable(getattr(redis, "evalsha", None)):
                 raise ConfigurationError(
                     "leaderelection.sync.LeaderElection takes a URL (redis://, rediss://, unix://, "

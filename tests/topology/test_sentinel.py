@@ -103,4 +103,4 @@ def test_the_threaded_facade_takes_the_sentinel_url(sentinels: SentinelServers, 
         assert election.is_leader
         assert election.get_leader_id() == election.instance_id
     with pytest.raises(ConfigurationError, match="name the service"):
-        SyncLeaderElection("redis+sentinel://127.0.0.1:1/", config)
+        SyncLeaderElection("redis+sentinel://127.0.0.1:1/", config).start()
