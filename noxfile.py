@@ -82,8 +82,8 @@ def _system_redis(session: nox.Session) -> str | None:
         found = shutil.which("redis-server", path=folder)
         if found is None:
             continue
-        path = Path(found).resolve()
-        if venv in path.parents or (path.parent.parent / "pyvenv.cfg").exists():
+        path = Path(found).absolute()  # not resolved: Debian's is a link that reads argv[0]
+        if venv in path.resolve().parents or (path.parent.parent / "pyvenv.cfg").exists():
             continue
         return str(path)
     return None

@@ -152,3 +152,43 @@ async def test_a_cluster_url_with_a_database_number_is_refused_at_start(
     config = fast_config(name, restart_protection=False)
     with pytest.raises(ConfigurationError, match="only database 0"):
         await LeaderElection(cluster.url_of(cluster.nodes[0]) + "/1", config).start()
+
+
+def move_slot(cluster: ClusterServers, key: str, target: Any) -> None:
+    """Move ``key``'s slot, with its keys, to the master ``target`` (what resharding does)."""
+    source = cluster.owner_of(key)
+    slot = key_slot(key.encode())
+    src_id, dst_id = cluster.node_id(source), cluster.node_id(target)
+    with source.sync_client() as src, target.sync_client() as dst:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
+        for master in cluster.masters():
+            with master.sync_client() as node:
+                node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+
+async def test_the_election_follows_a_slot_move(make_cluster: Any, name: str) -> None:
+    """Resharding moves the election's slot: renewals follow the MOVED replies, the term goes on
+    with its token, and a release still reaches the follower at once (its subscription moves
+    with the slot: the server ends a shard subscription with ``sunsubscribe``)."""
+    cluster: ClusterServers = make_cluster(3, 0)
+    config = fast_config(name, lock_ttl="10s", heartbeat_interval="200ms", restart_protection=False)
+    a_url, b_url = (cluster.url_of(node) for node in cluster.masters()[:2])
+    async with LeaderElection(a_url, config) as a, LeaderElection(b_url, config) as b:
+        leader, follower = (a, b) if a.is_leader else (b, a)
+        token = leader.fencing_token
+        old = cluster.owner_of(config.lock_key)
+        target = next(n for n in cluster.masters() if n is not old)
+        await asyncio.to_thread(move_slot, cluster, config.lock_key, target)
+        assert cluster.owner_of(config.lock_key) is target
+        renewals = leader.statistics().renewals
+        await eventually(lambda: leader.statistics().renewals >= renewals + 3)
+        assert leader.is_leader and leader.fencing_token == token
+        with target.sync_client() as node:
+            assert node.get(config.lock_key) is not None
+        started = time.monotonic()
+        await leader.resign()
+        await follower.wait_until_leader(timeout=2.0)
+        assert time.monotonic() - started < 2.0  # woken by the release, not the 10 s lease
