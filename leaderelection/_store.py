@@ -183,7 +183,10 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
     if isinstance(exc, MasterNotFoundError):
         service = re.search(r"No master found for ('[^']*')", message)
         # redis-py lists each sentinel's client object and error; keep the errors.
-        errors = re.findall(r" - (?:\w+:)?(\w+Error: .*?)(?=, <redis|\Z)", message)
+        errors = [
+            error.rstrip(". ")
+            for error in re.findall(r" - (?:\w+:)?(\w+Error: .*?)(?=, <redis|\Z)", message)
+        ]
         return StoreUnavailableError(
             f"no Sentinel named a reachable master"
             f"{' for ' + service.group(1) if service else ''} while {what}"
