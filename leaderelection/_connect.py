@@ -134,13 +134,7 @@ def check_url(url: str) -> None:
     Raises:
         ConfigurationError: it cannot; the message says why and shows the accepted forms.
     """
-    if _scheme(url) in _SENTINEL_SCHEMES:
-        SentinelTarget(url)
-        return
-    try:
-        parse_url(url)
-    except (ValueError, TypeError) as exc:
-        raise _bad(url, str(exc)) from exc
+    UrlClient(url, 1.0)  # makes no connection
 
 
 class UrlClient:
@@ -165,13 +159,22 @@ class UrlClient:
             self._options["socket_keepalive"] = True  # TCP only: a Unix socket refuses it
         self.sentinel = SentinelTarget(url) if scheme in _SENTINEL_SCHEMES else None
         self._plain: Any = None
-        if self.sentinel is None:
-            try:  # redis-py checks the options now; the connection is made on first use
-                self._plain = redis.asyncio.Redis.from_url(url, **self._options)
-            except (ValueError, TypeError) as exc:
-                raise _bad(url, str(exc)) from exc
         self._client: Any = None
         self._sentinels: list[Any] = []
+        self._manager: Any = None
+        try:  # redis-py checks the options now; the connections are made on first use
+            if self.sentinel is None:
+                self._plain = redis.asyncio.Redis.from_url(url, **self._options)
+            else:
+                target = self.sentinel
+                # The URL's options win over the defaults, as with redis-py's from_url.
+                self._manager = Sentinel(
+                    target.sentinels,
+                    sentinel_kwargs={**self._options, **target.sentinel_options},
+                    **{**self._options, **target.options},
+                )
+        except (ValueError, TypeError) as exc:
+            raise _bad(url, str(exc)) from exc
         self._lock = asyncio.Lock()
         self._closed = False
 
@@ -201,21 +204,19 @@ class UrlClient:
         async with self._lock:
             if self._client is None:
                 if self._closed:
-                    raise RuntimeError("this client is closed")
-                self._client = await self._make()
+                    raise rx.ConnectionError("the election's Redis client is closed")
+                client = await self._make()
+                if self._closed:  # closed while connecting: nobody will close this one
+                    await close_client(client)
+                    raise rx.ConnectionError("the election's Redis client is closed")
+                self._client = client
         return self._client
 
     async def _make(self) -> Any:
-        if self.sentinel is not None:
-            target = self.sentinel
-            manager = Sentinel(
-                target.sentinels,
-                sentinel_kwargs={**self._options, **target.sentinel_options},
-                **self._options,
-                **target.options,
-            )
-            self._sentinels = list(manager.sentinels)
-            return manager.master_for(target.service)
+        if self._manager is not None:
+            assert self.sentinel is not None
+            self._sentinels = list(self._manager.sentinels)
+            return self._manager.master_for(self.sentinel.service)
         if not await self._in_cluster_mode():
             return self._plain
         cluster = RedisCluster.from_url(self.url, **self._options)
@@ -231,8 +232,11 @@ class UrlClient:
     async def _in_cluster_mode(self) -> bool:
         """Ask the node; a node that refuses INFO (an ACL, a renamed command) is taken for a
         single server, and a cluster's MOVED reply then says what to pass instead."""
+        plain = self._plain
+        if plain is None:
+            raise rx.ConnectionError("the election's Redis client is closed")
         try:
-            info = await self._plain.info("cluster")
+            info = await plain.info("cluster")
         except rx.ResponseError as exc:
             if "cluster mode" in str(exc):  # the URL's /db: a cluster node refuses SELECT
                 raise _bad(self.url, "a Redis Cluster has only database 0: remove the /db") from exc
@@ -245,6 +249,9 @@ class UrlClient:
         client, self._client = self._client, None
         plain, self._plain = self._plain, None
         sentinels, self._sentinels = self._sentinels, []
+        manager, self._manager = self._manager, None
+        if manager is not None and not sentinels:  # never used: its sentinel clients are idle
+            sentinels = list(manager.sentinels)
         if plain is client:
             plain = None
         for each in (client, plain, *sentinels):

@@ -226,8 +226,8 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
         return StoreAuthenticationError(
             f"the Redis user lacks a permission needed while {what}: {message}. Grant EVALSHA, "
             "EVAL, GET, SET, PEXPIRE, PTTL, DEL, INCR, PUBLISH, SUBSCRIBE, UNSUBSCRIBE, INFO and "
-            "TIME on the election's keys and channel, and on a Redis Cluster SPUBLISH, "
-            "SSUBSCRIBE and SUNSUBSCRIBE (docs/security.md has the exact ACL)"
+            "TIME on the election's keys and channel, WAIT with min_replicas, and on a Redis "
+            "Cluster SPUBLISH, SSUBSCRIBE and SUNSUBSCRIBE (docs/security.md has the exact ACL)"
         )
     if isinstance(exc, rx.ReadOnlyError) or "READONLY" in message:
         return StoreReadOnlyError(
@@ -273,7 +273,8 @@ class RedisStore:
         self._keys = (lock_key, info_key, fence_key)
         self._channel = channel
         self._min_replicas = min_replicas
-        self._cached: set[str] = set()  # scripts this store has run (the server caches them)
+        # (node, script) pairs this store has run: the server caches the script
+        self._cached: set[tuple[str | None, str]] = set()
         # An in-process fakeredis server dies with the process and cannot lose data under a live
         # leader, and it has no INFO: restart protection does not apply to it.
         self._in_process = any(c.__module__.startswith("fakeredis") for c in type(client).__mro__)
@@ -310,9 +311,11 @@ class RedisStore:
 
     async def _bounded(self, what: str, timeout: float, call: Callable[[Any], Awaitable[T]]) -> T:
         """``call(client)`` under ``timeout``, with redis errors translated."""
+        client: Any = None
         try:
             async with self._clock.timeout(max(timeout, 0.0)):
-                return await call(await resolve_client(self._client))
+                client = await resolve_client(self._client)
+                return await call(client)
         except TimeoutError as exc:
             waiting = (
                 f" (with min_replicas={self._min_replicas}, the wait for the replicas' "
@@ -325,9 +328,21 @@ class RedisStore:
             ) from exc
         except (rx.RedisError, OSError) as exc:
             error = translate(exc, what, self._keys)
-            sentinel = self._client.sentinel if isinstance(self._client, UrlClient) else None
-            if isinstance(exc, MasterNotFoundError) and sentinel is not None:
-                error = StoreUnavailableError(f"{error} (sentinels tried: {sentinel.describe()})")
+            url = self._client if isinstance(self._client, UrlClient) else None
+            if isinstance(exc, MasterNotFoundError) and url is not None and url.sentinel:
+                error = StoreUnavailableError(
+                    f"{error} (sentinels tried: {url.sentinel.describe()})"
+                )
+            elif isinstance(exc, rx.AskError) and is_cluster(client):
+                error = StoreUnavailableError(
+                    f"the election's slot moved while {what} ({exc}): trying again"
+                )
+            elif isinstance(exc, rx.AskError) and url is not None:
+                error = StoreError(
+                    f"{error}. The URL's node did not say it is in a Redis Cluster (it refused "
+                    "INFO cluster?): allow INFO for the election's user, or pass a RedisCluster "
+                    "client"
+                )
             raise error from exc
 
     @staticmethod
@@ -340,40 +355,85 @@ class RedisStore:
     async def _write(self, client: Any, timeout: float, src: str, nkeys: int, *args: Any) -> Any:
         """Run a script that may grant or extend a term; with ``min_replicas``, also WAIT.
 
-        Returns the script's reply, or ``(reply, replicas that acknowledged)`` with
-        ``min_replicas``. The WAIT follows the script in one pipeline, so it is sent on the
-        script's connection (WAIT counts the acknowledgements of its own connection's writes)
-        and costs no extra round trip. On a cluster it goes to the node of the election's slot.
+        Returns the script's reply, or ``(reply, replicas that acknowledged, WAIT's ms)`` with
+        ``min_replicas``. WAIT counts the acknowledgements of its own connection's writes, so
+        it must follow the script on the script's connection: one pipeline on a single server
+        (or Sentinel's master), one connection of the slot's node on a cluster. Either way it
+        costs no extra round trip.
         """
         if self._min_replicas == 0:
             return await self._script(client, src, nkeys, *args)
         # Half the deadline: a server notices a WAIT's timeout on its next cron tick (100 ms
         # apart at the default hz 10), so the answer can come that much later than asked.
         wait_ms = max(1, int(timeout * 500))
-        target = {"target_nodes": client.get_node_from_key(args[0])} if is_cluster(client) else {}
+        wait = ("WAIT", self._min_replicas, wait_ms)
+        node = client.get_node_from_key(args[0]) if is_cluster(client) else None
+        cache_key = (getattr(node, "name", None), src)
         # A WAIT after a script the server did not know would wait for nothing, and the retry
-        # would wait again: the first call of each script sends its body (EVAL caches it).
-        for cached in (True, False) if src in self._cached else (False,):
-            pipe = client.pipeline(transaction=False)
-            if cached:
-                pipe.evalsha(SHA[src], nkeys, *args)
+        # would wait again: the first call of each script on a server sends its body (EVAL
+        # caches it).
+        for cached in (True, False) if cache_key in self._cached else (False,):
+            script = ("EVALSHA", SHA[src]) if cached else ("EVAL", src)
+            command = (*script, nkeys, *args)
+            if node is None:
+                pipe = client.pipeline(transaction=False)
+                pipe.execute_command(*command)
+                pipe.execute_command(*wait)
+                reply, acknowledged = await pipe.execute(raise_on_error=False)
             else:
-                pipe.eval(src, nkeys, *args)
-            pipe.execute_command("WAIT", self._min_replicas, wait_ms, **target)
-            reply, acknowledged = await pipe.execute(raise_on_error=False)
+                reply, acknowledged = await self._on_node(client, node, (command, wait))
             if cached and isinstance(reply, rx.NoScriptError):
                 continue  # the server lost its script cache (a restart)
             for result in (reply, acknowledged):
                 if isinstance(result, BaseException):
                     raise result
-            self._cached.add(src)
-            return reply, int(acknowledged)
+            self._cached.add(cache_key)
+            return reply, int(acknowledged), wait_ms
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _missing(self, acknowledged: int, what: str, timeout: float) -> ReplicasMissingError:
+    @staticmethod
+    async def _on_node(client: Any, node: Any, commands: tuple[tuple[Any, ...], ...]) -> Any:
+        """Send ``commands`` on one connection of the cluster ``node``; their replies, errors
+        included. A redirection or a failing slot means the slot moved or its master failed:
+        the cluster's map is refreshed and the call fails as transient, to be tried again (the
+        cluster client's own retries would send the commands on different connections)."""
+        connection = node.acquire_connection()
+        replies: list[Any] = []
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except rx.ResponseError as exc:
+                    replies.append(exc)
+        except (rx.ConnectionError, rx.TimeoutError, OSError):
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+            with contextlib.suppress(Exception):  # the node failed: learn who serves the slot
+                await client.nodes_manager.initialize()
+            raise
+        except BaseException:  # a cancellation mid-read: the connection must not be reused
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+            raise
+        finally:
+            release = getattr(node, "release", None)
+            if release is not None:
+                release(connection)
+            else:  # redis-py before 5.1
+                node._free.append(connection)
+        if isinstance(replies[0], rx.AskError | rx.ClusterDownError | rx.TryAgainError):
+            with contextlib.suppress(Exception):
+                await client.nodes_manager.initialize()
+            raise rx.TryAgainError(
+                f"TRYAGAIN the election's slot is moving or failing over ({replies[0]})"
+            )
+        return replies
+
+    def _missing(self, acknowledged: int, what: str, wait_ms: int) -> ReplicasMissingError:
         return ReplicasMissingError(
             f"only {acknowledged} of min_replicas={self._min_replicas} replicas acknowledged "
-            f"{what} within {timeout:.3g}s: it does not count until they do. Check that the "
+            f"{what} within {wait_ms} ms: it does not count until they do. Check that the "
             "replicas are connected (INFO replication), or lower min_replicas"
         )
 
@@ -410,13 +470,13 @@ class RedisStore:
                 "1" if is_cluster(client) else "",
             ),
         )
-        acknowledged = None
+        acknowledged, wait_ms = None, 0
         if self._min_replicas:
-            reply, acknowledged = reply
+            reply, acknowledged, wait_ms = reply
         kind = int(reply[0])
         if kind == 1:
             if acknowledged is not None and acknowledged < self._min_replicas:
-                raise self._missing(acknowledged, "the new term", timeout)
+                raise self._missing(acknowledged, "the new term", wait_ms)
             return Acquired(fencing_token=int(_text(reply[1])))
         if kind == 2:
             return HeldBack(wait_ms=int(reply[1]), uptime_s=int(reply[2]))
@@ -433,9 +493,9 @@ class RedisStore:
             ),
         )
         if self._min_replicas:
-            reply, acknowledged = reply
+            reply, acknowledged, wait_ms = reply
             if int(reply) == 1 and acknowledged < self._min_replicas:
-                raise self._missing(acknowledged, "the renewal", timeout)
+                raise self._missing(acknowledged, "the renewal", wait_ms)
         return int(reply) == 1
 
     async def release(

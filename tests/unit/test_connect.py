@@ -69,3 +69,20 @@ async def test_a_url_client_connects_on_first_use_only_and_says_what_it_became()
     assert sentinel.kind == "sentinel"
     await client.aclose()
     await sentinel.aclose()
+
+
+async def test_a_sentinel_url_may_set_the_options_the_library_defaults() -> None:
+    url = "redis+sentinel://h:1/svc?socket_connect_timeout=2&health_check_interval=5"
+    check_url(url)
+    client = UrlClient(url, 0.5)
+    assert client.kind == "sentinel"
+    await client.aclose()
+
+
+async def test_a_closed_url_client_refuses_to_connect_as_a_connection_error() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    client = UrlClient("redis://127.0.0.1:1/0", 0.2)
+    await client.aclose()
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await client.resolve()
