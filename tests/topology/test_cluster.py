@@ -192,3 +192,43 @@ async def test_the_election_follows_a_slot_move(make_cluster: Any, name: str) ->
         await leader.resign()
         await follower.wait_until_leader(timeout=2.0)
         assert time.monotonic() - started < 2.0  # woken by the release, not the 10 s lease
+
+
+async def test_an_observer_follows_a_failover_of_the_slot_master(
+    make_cluster: Any, name: str
+) -> None:
+    """The observer's subscription was on the master that dies: it subscribes again on the
+    promoted replica, and reports the term that began there."""
+    cluster: ClusterServers = make_cluster(3, 1)
+    config = fast_config(name, lock_ttl="1s", heartbeat_interval="100ms")
+    owner = cluster.owner_of(config.lock_key)
+    others = [n for n in cluster.masters() if n is not owner]
+    seen: list[int | None] = []
+    async with (
+        LeaderObserver(cluster.url_of(others[0]), config) as observer,
+        LeaderElection(cluster.url_of(others[1]), config) as election,
+    ):
+        changes = observer.changes()
+
+        async def watch() -> None:
+            async for change in changes:
+                seen.append(change.leader.fencing_token if change.leader else None)
+
+        task = asyncio.get_running_loop().create_task(watch())
+        try:
+            await election.wait_until_leader(timeout=10)  # a young cluster holds it ~2 s back
+            first = election.fencing_token
+            await eventually(lambda: first in seen)
+            cluster.kill(owner)
+            await asyncio.to_thread(cluster.wait_failover, owner)
+            await eventually(
+                lambda: election.is_leader and election.fencing_token != first, timeout=10
+            )
+            second = election.fencing_token
+            assert second is not None and first is not None and second > first
+            await eventually(lambda: second in seen, timeout=10)
+            assert seen.index(first) < seen.index(second)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await changes.aclose()  # type: ignore[attr-defined]
