@@ -8,7 +8,9 @@ harness; the failover tests are in ``test_cluster_faults.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,6 +29,25 @@ def elsewhere(cluster: ClusterServers, key: str) -> list[Any]:
     """The nodes that do not own ``key``'s slot: masters of other slots, and every replica."""
     owner = cluster.owner_of(key)
     return [node for node in cluster.nodes if node is not owner]
+
+
+@contextlib.asynccontextmanager
+async def recording(observer: LeaderObserver) -> AsyncIterator[list[int | None]]:
+    """The fencing token of every change the observer reports (None: no leader), as it comes."""
+    seen: list[int | None] = []
+    changes = observer.changes()
+
+    async def watch() -> None:
+        async for change in changes:
+            seen.append(change.leader.fencing_token if change.leader else None)
+
+    task = asyncio.get_running_loop().create_task(watch())
+    try:
+        yield seen
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await changes.aclose()  # type: ignore[attr-defined]
 
 
 async def test_the_url_of_any_node_finds_the_cluster_and_elects(
@@ -81,24 +102,14 @@ async def test_an_observer_on_another_node_sees_every_term(
 ) -> None:
     config = fast_config(name, lock_ttl="10s", heartbeat_interval="1s", restart_protection=False)
     nodes = elsewhere(cluster, config.lock_key)
-    seen: list[int | None] = []
-    async with LeaderObserver(cluster.url_of(nodes[-1]), config) as observer:
-        changes = observer.changes()
-
-        async def watch() -> None:
-            async for change in changes:
-                seen.append(change.leader.fencing_token if change.leader else None)
-
-        task = asyncio.get_running_loop().create_task(watch())
-        try:
-            await eventually(lambda: seen == [None])
-            async with LeaderElection(cluster.url_of(nodes[0]), config) as a:
-                await eventually(lambda: seen[-1] == a.fencing_token)
-            await eventually(lambda: seen[-1] is None)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await changes.aclose()  # type: ignore[attr-defined]
+    async with (
+        LeaderObserver(cluster.url_of(nodes[-1]), config) as observer,
+        recording(observer) as seen,
+    ):
+        await eventually(lambda: seen == [None])
+        async with LeaderElection(cluster.url_of(nodes[0]), config) as a:
+            await eventually(lambda: seen[-1] == a.fencing_token)
+        await eventually(lambda: seen[-1] is None)
 
 
 async def test_a_cluster_client_passed_in_works_and_is_not_closed(
@@ -203,32 +214,18 @@ async def test_an_observer_follows_a_failover_of_the_slot_master(
     config = fast_config(name, lock_ttl="1s", heartbeat_interval="100ms")
     owner = cluster.owner_of(config.lock_key)
     others = [n for n in cluster.masters() if n is not owner]
-    seen: list[int | None] = []
     async with (
         LeaderObserver(cluster.url_of(others[0]), config) as observer,
         LeaderElection(cluster.url_of(others[1]), config) as election,
+        recording(observer) as seen,
     ):
-        changes = observer.changes()
-
-        async def watch() -> None:
-            async for change in changes:
-                seen.append(change.leader.fencing_token if change.leader else None)
-
-        task = asyncio.get_running_loop().create_task(watch())
-        try:
-            await election.wait_until_leader(timeout=10)  # a young cluster holds it ~2 s back
-            first = election.fencing_token
-            await eventually(lambda: first in seen)
-            cluster.kill(owner)
-            await asyncio.to_thread(cluster.wait_failover, owner)
-            await eventually(
-                lambda: election.is_leader and election.fencing_token != first, timeout=10
-            )
-            second = election.fencing_token
-            assert second is not None and first is not None and second > first
-            await eventually(lambda: second in seen, timeout=10)
-            assert seen.index(first) < seen.index(second)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await changes.aclose()  # type: ignore[attr-defined]
+        await election.wait_until_leader(timeout=10)  # a young cluster holds it ~2 s back
+        first = election.fencing_token
+        await eventually(lambda: first in seen)
+        cluster.kill(owner)
+        await asyncio.to_thread(cluster.wait_failover, owner)
+        await eventually(lambda: election.is_leader and election.fencing_token != first, timeout=10)
+        second = election.fencing_token
+        assert second is not None and first is not None and second > first
+        await eventually(lambda: second in seen, timeout=10)
+        assert seen.index(first) < seen.index(second)
