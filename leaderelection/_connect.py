@@ -225,8 +225,9 @@ class UrlClient:
         except BaseException:
             await close_client(cluster)
             raise
-        plain, self._plain = self._plain, None
-        await close_client(plain)
+        # The node's plain client (one idle connection) is closed with this one, in aclose():
+        # closing it here could be cut by the call's deadline after the cluster client was
+        # made, and lose both.
         return cluster
 
     async def _in_cluster_mode(self) -> bool:
