@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import fakeredis
 import pytest
@@ -48,6 +48,33 @@ def redis_server_bin() -> str:
         pytest.fail(str(exc), pytrace=False)
 
 
+class _Startable(Protocol):
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_T = TypeVar("_T", bound=_Startable)
+
+
+def _started(build: Callable[..., _T], binary: str) -> Iterator[Callable[..., _T]]:
+    """The body of a factory fixture: yield ``make(*args, **options)``, which builds with
+    ``build`` (``binary`` unless the options name another) and starts what it built; close
+    everything made, last first, at teardown (also what failed to start)."""
+    made: list[_T] = []
+
+    def make(*args: Any, **options: Any) -> _T:
+        options.setdefault("binary", binary)
+        item = build(*args, **options)
+        made.append(item)
+        item.start()
+        return item
+
+    yield make
+    for item in reversed(made):
+        item.close()
+
+
 @pytest.fixture
 def make_redis_server(redis_server_bin: str) -> Iterator[MakeRedisServer]:
     """Factory of started :class:`RedisServer` objects, all closed at teardown.
@@ -55,18 +82,7 @@ def make_redis_server(redis_server_bin: str) -> Iterator[MakeRedisServer]:
     Takes the keyword arguments of :class:`RedisServer`, e.g.
     ``make_redis_server(appendonly=True)`` or ``make_redis_server(replica_of=master)``.
     """
-    servers: list[RedisServer] = []
-
-    def make(**options: Any) -> RedisServer:
-        options.setdefault("binary", redis_server_bin)
-        server = RedisServer(**options)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in reversed(servers):
-        server.close()
+    yield from _started(RedisServer, redis_server_bin)
 
 
 @pytest.fixture
@@ -83,18 +99,7 @@ def make_cluster(redis_server_bin: str) -> Iterator[MakeCluster]:
     a replica each, or ``make_cluster(3, 0, password="secret")``. Start-up takes about 2 s (a
     fresh master holds ``cluster_state:ok`` back for 2 s).
     """
-    clusters: list[ClusterServers] = []
-
-    def make(*args: Any, **options: Any) -> ClusterServers:
-        options.setdefault("binary", redis_server_bin)
-        cluster = ClusterServers(*args, **options)
-        clusters.append(cluster)
-        cluster.start()
-        return cluster
-
-    yield make
-    for cluster in reversed(clusters):
-        cluster.close()
+    yield from _started(ClusterServers, redis_server_bin)
 
 
 @pytest.fixture
@@ -106,18 +111,7 @@ def make_sentinels(redis_server_bin: str) -> Iterator[MakeSentinels]:
     and one replica. Start-up takes about 2 s (sentinels find each other by a hello message
     every 2 s).
     """
-    deployments: list[SentinelServers] = []
-
-    def make(*args: Any, **options: Any) -> SentinelServers:
-        options.setdefault("binary", redis_server_bin)
-        deployment = SentinelServers(*args, **options)
-        deployments.append(deployment)
-        deployment.start()
-        return deployment
-
-    yield make
-    for deployment in reversed(deployments):
-        deployment.close()
+    yield from _started(SentinelServers, redis_server_bin)
 
 
 @pytest.fixture

@@ -59,7 +59,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import redis
 import redis.asyncio
@@ -92,6 +92,7 @@ __all__ = [
 
 _LOCALHOST = "127.0.0.1"
 _START_TIMEOUT = 10.0
+_PORT_ATTEMPTS = 5  # free ports tried when another process grabs the chosen one first
 _POLL_INTERVAL = 0.005
 _UPTIME_POLL_INTERVAL = 0.05
 _TOPOLOGY_POLL_INTERVAL = 0.02  # cluster and sentinel state: a dozen queries per poll
@@ -249,7 +250,211 @@ def _says_no_tls(log: str) -> bool:
     return "Bad directive" in log and "tls-" in log
 
 
-class RedisServer:
+def _userinfo(password: str | None) -> str:
+    """The ``:password@`` part of a URL (quoted), or nothing without a password."""
+    if password is None:
+        return ""
+    return ":" + urllib.parse.quote(password, safe="") + "@"
+
+
+class _Process:
+    """What :class:`RedisServer` and :class:`SentinelProcess` share: one process of ``binary``
+    on 127.0.0.1, in a private temporary directory, started on a free port (kept by later
+    starts) and awaited until it answers PING, killed with SIGKILL, and its clients.
+
+    A subclass names itself in messages (``_kind``, ``_program``), names its log file and
+    directory prefix, and gives its command line (``_command``) and what an exit during
+    startup means (``_startup_error``).
+    """
+
+    _kind: ClassVar[str]  # "the <kind> is not running"
+    _program: ClassVar[str]  # "<program> did not answer PING"
+    _log_name: ClassVar[str]
+    _dir_prefix: ClassVar[str]
+
+    def __init__(
+        self, *, binary: str | None, password: str | None, port: int | None, start_timeout: float
+    ) -> None:
+        self.binary = binary if binary is not None else find_redis_server()
+        self.password = password
+        self.start_timeout = start_timeout
+        self._port = port
+        self._dir: Path | None = Path(tempfile.mkdtemp(prefix=self._dir_prefix))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        """The address the process listens on (always 127.0.0.1)."""
+        return _LOCALHOST
+
+    @property
+    def port(self) -> int:
+        """The process's port; fixed after the first start and kept by later ones."""
+        if self._port is None:
+            raise RuntimeError(f"the {self._kind} has not been started yet, so it has no port")
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        """The process id (raises if the process is not running)."""
+        if self._proc is None:
+            raise RuntimeError(f"the {self._kind} is not running")
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        """Whether the process exists (a server may be paused)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def directory(self) -> Path:
+        """The process's private working directory."""
+        if self._dir is None:
+            raise RuntimeError(f"the {self._kind} was closed")
+        return self._dir
+
+    @property
+    def log_path(self) -> Path:
+        """The process's log file."""
+        return self.directory / self._log_name
+
+    def log(self) -> str:
+        """Return the process's log and anything it printed to stdout/stderr.
+
+        Returns:
+            The text of both files, or an empty string if there is none.
+        """
+        parts = []
+        for path in (self.directory / "stdout.log", self.log_path):
+            with contextlib.suppress(OSError):
+                parts.append(path.read_text(errors="replace"))
+        return "".join(parts)
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _startup_error(self, code: int, log: str) -> Exception:
+        """What :meth:`start` raises when the process exited with ``code`` during startup."""
+        raise NotImplementedError
+
+    def _start(self, *, new_port: bool, prepare: Callable[[], None]) -> None:
+        """Launch the process: ``prepare()``, spawn, wait for PING.
+
+        With ``new_port`` each attempt takes a new free port, and a port that another process
+        grabbed first (:class:`_PortInUseError`) is retried a few times.
+        """
+        if self.running:
+            raise RuntimeError(f"the {self._kind} is already running")
+        attempts = _PORT_ATTEMPTS if new_port else 1
+        for attempt in range(attempts):
+            if new_port:
+                self._port = self._free_port()
+            prepare()
+            try:
+                self._launch()
+            except _PortInUseError:
+                if attempt == attempts - 1:
+                    raise
+                continue
+            return
+
+    def _free_port(self) -> int:
+        return free_port()
+
+    def _launch(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.log_path.unlink()
+        with open(self.directory / "stdout.log", "wb") as out:
+            self._proc = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            self._wait_ready(deadline)
+        except BaseException:
+            self._kill()
+            raise
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Wait until the process answers PING; raise if it exits or the deadline passes."""
+        with self.sync_client(
+            socket_timeout=1.0, socket_connect_timeout=1.0, retry=sync_no_retry()
+        ) as client:
+            while True:
+                assert self._proc is not None
+                code = self._proc.poll()
+                if code is not None:
+                    raise self._startup_error(code, self.log())
+                # Not listening yet, or (a server) still loading the AOF.
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                    if client.ping():
+                        return
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(
+                        f"{self._program} did not answer PING within {self.start_timeout} s "
+                        f"(port {self.port}). Log:\n{self.log()}"
+                    )
+                time.sleep(_POLL_INTERVAL)
+
+    def _kill(self) -> None:
+        """Kill the process with SIGKILL and reap it (no-op if there is none)."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # takes any forked child with it
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        proc.wait()
+        self._proc = None
+
+    def close(self) -> None:
+        """Kill the process if running and delete its directory. Safe to call twice."""
+        self._kill()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def _client_options(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "password": self.password}
+
+    def client(self, **kwargs: Any) -> redis.asyncio.Redis:
+        """Return a new asyncio client of this process; the caller closes it.
+
+        ``async with server.client() as c:`` closes it automatically.
+
+        Args:
+            **kwargs: Passed to ``redis.asyncio.Redis`` (override host, port and password,
+                and for a TLS server ``ssl`` and ``ssl_ca_certs``).
+
+        Returns:
+            A client (of database 0 on a server).
+        """
+        return redis.asyncio.Redis(**{**self._client_options(), **kwargs})
+
+    def sync_client(self, **kwargs: Any) -> redis.Redis:
+        """Return a new blocking client of this process; the caller closes it.
+
+        Never point a blocking client at a :class:`TcpProxy` running in the same thread's
+        event loop: the proxy cannot run while the client blocks.
+
+        Args:
+            **kwargs: Passed to ``redis.Redis`` (override host, port and password, and for a
+                TLS server ``ssl`` and ``ssl_ca_certs``).
+
+        Returns:
+            A client (of database 0 on a server).
+        """
+        return redis.Redis(**{**self._client_options(), **kwargs})
+
+
+class RedisServer(_Process):
     """A ``redis-server`` subprocess on 127.0.0.1 and a free port, in a private temp dir.
 
     Persistence is off (``--save ""``, ``--appendonly no``) unless ``appendonly=True``, which
@@ -284,6 +489,11 @@ class RedisServer:
             before it is suspected to fail (only with ``cluster=True``).
     """
 
+    _kind = "server"
+    _program = "redis-server"
+    _log_name = "redis.log"
+    _dir_prefix = "redis-harness-"
+
     def __init__(
         self,
         *,
@@ -308,35 +518,18 @@ class RedisServer:
             raise ValueError("this harness does not run TLS cluster nodes")
         if cluster_node_timeout_ms <= 0:
             raise ValueError("cluster_node_timeout_ms must be > 0")
-        self.binary = binary if binary is not None else find_redis_server()
+        super().__init__(binary=binary, password=password, port=port, start_timeout=start_timeout)
         self.tls = tls
-        self.password = password
         self.appendonly = appendonly
         self.extra_args = tuple(extra_args)
-        self.start_timeout = start_timeout
         self.cluster = cluster
         self.cluster_node_timeout_ms = cluster_node_timeout_ms
         self._replica_of = replica_of
         self._started_once = False
-        self._port = port
         self._port_fixed = port is not None
-        self._dir: Path | None = Path(tempfile.mkdtemp(prefix="redis-harness-"))
-        self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
 
     # -- properties -------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        """The address the server listens on (always 127.0.0.1)."""
-        return _LOCALHOST
-
-    @property
-    def port(self) -> int:
-        """The server's port; fixed after the first start and kept by :meth:`restart`."""
-        if self._port is None:
-            raise RuntimeError("the server has not been started yet, so it has no port")
-        return self._port
 
     @property
     def url(self) -> str:
@@ -344,25 +537,11 @@ class RedisServer:
 
         For a TLS server: ``rediss://...?ssl_ca_certs=<CA file>``.
         """
-        auth = ""
-        if self.password is not None:
-            auth = ":" + urllib.parse.quote(self.password, safe="") + "@"
+        auth = _userinfo(self.password)
         if self.tls is not None:
             ca = urllib.parse.quote(self.tls.ca_file, safe="")
             return f"rediss://{auth}{self.host}:{self.port}/0?ssl_ca_certs={ca}"
         return f"redis://{auth}{self.host}:{self.port}/0"
-
-    @property
-    def pid(self) -> int:
-        """The server process id (raises if the server is not running)."""
-        if self._proc is None:
-            raise RuntimeError("the server is not running")
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process exists (it may be paused)."""
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def paused(self) -> bool:
@@ -370,33 +549,9 @@ class RedisServer:
         return self._paused
 
     @property
-    def directory(self) -> Path:
-        """The server's private working directory."""
-        if self._dir is None:
-            raise RuntimeError("the server was closed")
-        return self._dir
-
-    @property
-    def log_path(self) -> Path:
-        """The server's log file."""
-        return self.directory / "redis.log"
-
-    @property
     def cluster_config_path(self) -> Path:
         """The cluster node's ``nodes.conf`` (meaningful only with ``cluster=True``)."""
         return self.directory / "nodes.conf"
-
-    def log(self) -> str:
-        """Return the server log and anything it printed to stdout/stderr.
-
-        Returns:
-            The text of both files, or an empty string if there is none.
-        """
-        parts = []
-        for path in (self.directory / "stdout.log", self.log_path):
-            with contextlib.suppress(OSError):
-                parts.append(path.read_text(errors="replace"))
-        return "".join(parts)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -411,24 +566,21 @@ class RedisServer:
             RuntimeError: If the server is already running, exits during startup (the
                 message includes its log), or does not answer within ``start_timeout``.
         """
-        if self.running:
-            raise RuntimeError("the server is already running")
-        attempts = 1 if self._port_fixed else 5
-        for attempt in range(attempts):
-            if not self._port_fixed:
-                self._port = free_cluster_port() if self.cluster else free_port()
+
+        def prepare() -> None:
             if self.cluster and not self._started_once:
                 with contextlib.suppress(FileNotFoundError):
                     self.cluster_config_path.unlink()
-            try:
-                self._launch()
-            except _PortInUseError:
-                if attempt == attempts - 1:
-                    raise
-                continue
-            self._port_fixed = True
-            self._started_once = True
-            return
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / "dump.rdb").unlink()
+            self._paused = False
+
+        self._start(new_port=not self._port_fixed, prepare=prepare)
+        self._port_fixed = True
+        self._started_once = True
+
+    def _free_port(self) -> int:
+        return free_cluster_port() if self.cluster else free_port()
 
     def _command(self) -> list[str]:
         if self.tls is None:
@@ -475,66 +627,23 @@ class RedisServer:
         args += self.extra_args
         return args
 
-    def _launch(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.directory / "dump.rdb").unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self.log_path.unlink()
-        with open(self.directory / "stdout.log", "wb") as out:
-            self._proc = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                start_new_session=True,
+    def _startup_error(self, code: int, log: str) -> Exception:
+        if "Address already in use" in log and not self._port_fixed:
+            return _PortInUseError(log)
+        if self.tls is not None and _says_no_tls(log):
+            return TlsUnsupportedError(
+                f"{self.binary} was built without TLS support, so it cannot serve "
+                f"rediss://. Log:\n{log}"
             )
-        self._paused = False
-        deadline = time.monotonic() + self.start_timeout
-        try:
-            self._wait_ready(deadline)
-            if self._replica_of is not None:
-                self._wait_master_link_up(deadline)
-        except BaseException:
-            self._kill()
-            raise
+        return RuntimeError(
+            f"redis-server exited with code {code} during startup "
+            f"(port {self.port}). Command: {self._command()}\nLog:\n{log}"
+        )
 
     def _wait_ready(self, deadline: float) -> None:
-        client = self.sync_client(
-            socket_timeout=1.0, socket_connect_timeout=1.0, retry=sync_no_retry()
-        )
-        try:
-            while True:
-                assert self._proc is not None
-                code = self._proc.poll()
-                if code is not None:
-                    log = self.log()
-                    if "Address already in use" in log and not self._port_fixed:
-                        raise _PortInUseError(log)
-                    if self.tls is not None and _says_no_tls(log):
-                        raise TlsUnsupportedError(
-                            f"{self.binary} was built without TLS support, so it cannot serve "
-                            f"rediss://. Log:\n{log}"
-                        )
-                    raise RuntimeError(
-                        f"redis-server exited with code {code} during startup "
-                        f"(port {self.port}). Command: {self._command()}\nLog:\n{log}"
-                    )
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    pass  # not listening yet, or still loading the AOF
-                except redis.TimeoutError:
-                    pass
-                if time.monotonic() >= deadline:
-                    raise RuntimeError(
-                        f"redis-server did not answer PING within {self.start_timeout} s "
-                        f"(port {self.port}). Log:\n{self.log()}"
-                    )
-                time.sleep(_POLL_INTERVAL)
-        finally:
-            client.close()
+        super()._wait_ready(deadline)
+        if self._replica_of is not None:
+            self._wait_master_link_up(deadline)
 
     def _wait_master_link_up(self, deadline: float) -> None:
         with self.sync_client(socket_timeout=1.0) as client:
@@ -579,16 +688,7 @@ class RedisServer:
         self._replica_of = None
 
     def _kill(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # takes any forked child with it
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        proc.wait()
-        self._proc = None
+        super()._kill()
         self._paused = False
 
     def stop(self) -> None:
@@ -647,13 +747,6 @@ class RedisServer:
         self.stop()
         self.start()
 
-    def close(self) -> None:
-        """Kill the server if running and delete its directory. Safe to call twice."""
-        self._kill()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
     def __enter__(self) -> RedisServer:
         """Start the server if needed and return it."""
         if not self.running:
@@ -677,41 +770,8 @@ class RedisServer:
 
     # -- clients ----------------------------------------------------------------------------
 
-    def client(self, **kwargs: Any) -> redis.asyncio.Redis:
-        """Return a new asyncio client for this server; the caller closes it.
-
-        ``async with server.client() as c:`` closes it automatically.
-
-        Args:
-            **kwargs: Passed to ``redis.asyncio.Redis`` (override host, port and password,
-                and for a TLS server ``ssl`` and ``ssl_ca_certs``).
-
-        Returns:
-            A client for database 0.
-        """
-        options = self._client_options()
-        options.update(kwargs)
-        return redis.asyncio.Redis(**options)
-
-    def sync_client(self, **kwargs: Any) -> redis.Redis:
-        """Return a new blocking client for this server; the caller closes it.
-
-        Never point a blocking client at a :class:`TcpProxy` running in the same thread's
-        event loop: the proxy cannot run while the client blocks.
-
-        Args:
-            **kwargs: Passed to ``redis.Redis`` (override host, port and password, and for a
-                TLS server ``ssl`` and ``ssl_ca_certs``).
-
-        Returns:
-            A client for database 0.
-        """
-        options = self._client_options()
-        options.update(kwargs)
-        return redis.Redis(**options)
-
     def _client_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"host": self.host, "port": self.port, "password": self.password}
+        options = super()._client_options()
         if self.tls is not None:
             options.update(ssl=True, ssl_ca_certs=self.tls.ca_file)
         return options
@@ -855,21 +915,7 @@ def _myself(view: dict[str, _ClusterEntry]) -> _ClusterEntry:
     raise RuntimeError("CLUSTER NODES has no 'myself' line")
 
 
-def _poll(
-    check: Callable[[], bool], *, timeout: float, what: Callable[[], str], interval: float
-) -> None:
-    """Call ``check`` every ``interval`` s until it is true; ``TimeoutError`` after ``timeout``.
-
-    The message says ``what`` was awaited and its state at the deadline (``what()``).
-    """
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"not within {timeout} s: {what()}")
-        time.sleep(interval)
-
-
-def _query_client(server: RedisServer | SentinelProcess) -> redis.Redis:
+def _query_client(server: _Process) -> redis.Redis:
     """A short-lived client for the harness's own queries: no retries, RESP2 replies as read
     (strings, no response callbacks: both differ between redis-py versions)."""
     client = server.sync_client(
@@ -883,7 +929,7 @@ def _query_client(server: RedisServer | SentinelProcess) -> redis.Redis:
     return client
 
 
-def _info(server: RedisServer | SentinelProcess, *command: str) -> dict[str, str]:
+def _info(server: _Process, *command: str) -> dict[str, str]:
     """A ``key:value`` lines reply (``CLUSTER INFO``, ``INFO <section>``) as a dict."""
     with _query_client(server) as client:
         text: str = client.execute_command(*command)
@@ -891,7 +937,109 @@ def _info(server: RedisServer | SentinelProcess, *command: str) -> dict[str, str
     return {key: value.strip() for key, value in pairs}
 
 
-class ClusterServers:
+class _Topology:
+    """What :class:`ClusterServers` and :class:`SentinelServers` share: started once, closed as
+    a whole (also at the end of a ``with`` block, which starts it), and waits that poll their
+    state until a deadline.
+
+    A subclass names itself in messages (``_kind``), starts (``start``, which calls
+    ``_begin_start`` first), lists its processes in closing order (``_processes``), and says
+    which processes to ask about its state and what each one says (``_observers``, ``_view_of``)
+    for a timeout's message.
+    """
+
+    _kind: ClassVar[str]  # "the <kind> was already started"
+    _state_heading: ClassVar[str]  # introduces _describe() in a timeout's message
+
+    def __init__(self, *, password: str | None, start_timeout: float) -> None:
+        self.password = password
+        self.start_timeout = start_timeout
+        self._started = False
+
+    def start(self) -> None:
+        """Start every process and wait until the topology is up."""
+        raise NotImplementedError
+
+    def _processes(self) -> list[_Process]:
+        """Every process, in the order :meth:`close` closes them."""
+        raise NotImplementedError
+
+    def _observers(self) -> Sequence[_Process]:
+        """The processes whose view of the topology :meth:`_describe` reports."""
+        raise NotImplementedError
+
+    def _view_of(self, observer: _Process) -> str:
+        """How the running ``observer`` sees the topology (a ``redis.RedisError`` if it can't
+        say)."""
+        raise NotImplementedError
+
+    def _describe(self) -> str:
+        """Each observer's view, for a timeout's message."""
+        lines = []
+        for observer in self._observers():
+            if not observer.running:
+                lines.append(repr(observer))
+                continue
+            try:
+                view = self._view_of(observer)
+            except redis.RedisError as exc:
+                view = f"unreachable: {exc!r}"
+            lines.append(f"{observer!r}:\n{view}")
+        return "\n".join(lines)
+
+    def _begin_start(self) -> float:
+        """Mark the topology started (raising if it already was); return the start deadline."""
+        if self._started:
+            raise RuntimeError(f"the {self._kind} was already started")
+        self._started = True
+        return time.monotonic() + self.start_timeout
+
+    def _wait(self, check: Callable[[], bool], deadline: float, what: str) -> None:
+        """Call ``check`` every ``_TOPOLOGY_POLL_INTERVAL`` s until it is true.
+
+        Raises:
+            TimeoutError: At ``deadline``, saying ``what`` was awaited, the state
+                (:meth:`_describe`) and the tail of every process's log.
+        """
+        timeout = max(0.0, deadline - time.monotonic())
+        while not check():
+            if time.monotonic() >= deadline:
+                logs = "\n".join(
+                    f"--- log of {process!r}:\n{process.log()[-3000:]}"
+                    for process in self._processes()
+                )
+                raise TimeoutError(
+                    f"not within {timeout} s: {what}; {self._state_heading}:\n"
+                    f"{self._describe()}\n{logs}"
+                )
+            time.sleep(_TOPOLOGY_POLL_INTERVAL)
+
+    def close(self) -> None:
+        """Kill every process and delete their directories. Safe to call twice."""
+        for process in self._processes():
+            process.close()
+
+    def __enter__(self) -> Self:
+        """Start it (closing it if that fails) and return it."""
+        if not self._started:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close it."""
+        self.close()
+
+
+class ClusterServers(_Topology):
     """A Redis Cluster of ``redis-server`` processes (:class:`RedisServer` with ``cluster=True``).
 
     Nodes ``0 .. masters-1`` start as masters, the 16384 slots split evenly between them in
@@ -923,6 +1071,9 @@ class ClusterServers:
         start_timeout: Seconds :meth:`start` waits for the cluster to form.
     """
 
+    _kind = "cluster"
+    _state_heading = "views"
+
     def __init__(
         self,
         masters: int = 3,
@@ -938,8 +1089,7 @@ class ClusterServers:
             raise ValueError("a cluster needs at least one master")
         if replicas_per_master < 0:
             raise ValueError("replicas_per_master must be >= 0")
-        self.password = password
-        self.start_timeout = start_timeout
+        super().__init__(password=password, start_timeout=start_timeout)
         self._masters = masters
         self._replicas_per_master = replicas_per_master
         auth = ("--masterauth", password) if password is not None else ()
@@ -961,7 +1111,6 @@ class ClusterServers:
         # master. Refreshed by start(), kill() and wait_failover().
         self._last_slots: dict[str, set[int]] = {}
         self._last_replicas: dict[str, set[str]] = {}
-        self._started = False
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -974,10 +1123,7 @@ class ClusterServers:
         Returns:
             A URL that ``redis.asyncio.RedisCluster.from_url`` accepts.
         """
-        auth = ""
-        if self.password is not None:
-            auth = ":" + urllib.parse.quote(self.password, safe="") + "@"
-        return f"redis://{auth}{node.host}:{node.port}"
+        return f"redis://{_userinfo(self.password)}{node.host}:{node.port}"
 
     @property
     def url(self) -> str:
@@ -1005,10 +1151,7 @@ class ClusterServers:
             RuntimeError: If already started, or a node fails to start.
             TimeoutError: If the cluster does not form within ``start_timeout``.
         """
-        if self._started:
-            raise RuntimeError("the cluster was already started")
-        self._started = True
-        deadline = time.monotonic() + self.start_timeout
+        deadline = self._begin_start()
         for node in self.nodes:
             node.start()
         first = self.nodes[0]
@@ -1053,17 +1196,6 @@ class ClusterServers:
         }
         self._wait(lambda: self._formed(expected), deadline, "the cluster to form")
 
-    def _wait(self, check: Callable[[], bool], deadline: float, what: str) -> None:
-        try:
-            _poll(
-                check,
-                timeout=max(0.0, deadline - time.monotonic()),
-                what=lambda: f"{what}; views:\n{self._describe()}",
-                interval=_TOPOLOGY_POLL_INTERVAL,
-            )
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{self._logs()}") from None
-
     def _healthy_entry(self, observer: RedisServer, node_id: str) -> bool:
         entry = self._view(observer).get(node_id)
         return entry is not None and entry.healthy
@@ -1091,25 +1223,20 @@ class ClusterServers:
         with _query_client(node) as client:
             return _parse_cluster_nodes(client.execute_command("CLUSTER", "NODES"))
 
+    def _processes(self) -> list[_Process]:
+        return list(self.nodes)
+
     def _live(self) -> list[RedisServer]:
         """The nodes that can answer: running and not paused."""
         return [node for node in self.nodes if node.running and not node.paused]
 
-    def _describe(self) -> str:
-        lines = []
-        for node in self._live():
-            try:
-                with _query_client(node) as client:
-                    text = client.execute_command("CLUSTER", "NODES")
-            except redis.RedisError as exc:
-                text = f"unreachable: {exc!r}"
-            lines.append(f"node :{node.port}:\n{text}")
-        return "\n".join(lines)
+    def _observers(self) -> list[RedisServer]:
+        return self._live()
 
-    def _logs(self) -> str:
-        return "\n".join(
-            f"--- log of node :{node._port}:\n{node.log()[-3000:]}" for node in self.nodes
-        )
+    def _view_of(self, observer: _Process) -> str:
+        with _query_client(observer) as client:
+            text: str = client.execute_command("CLUSTER", "NODES")
+        return text
 
     # -- live topology ----------------------------------------------------------------------
 
@@ -1266,30 +1393,6 @@ class ClusterServers:
         self._remember()
         return found[0]
 
-    def close(self) -> None:
-        """Kill every node and delete their directories. Safe to call twice."""
-        for node in self.nodes:
-            node.close()
-
-    def __enter__(self) -> ClusterServers:
-        """Start the cluster (closing it if that fails) and return it."""
-        if not self._started:
-            try:
-                self.start()
-            except BaseException:
-                self.close()
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the cluster."""
-        self.close()
-
     def __repr__(self) -> str:
         """Show the ports."""
         ports = ",".join(str(node._port) for node in self.nodes)
@@ -1366,7 +1469,7 @@ def _pairs(reply: Sequence[Any] | Mapping[Any, Any]) -> dict[str, str]:
     return {str(key): str(value) for key, value in zip(items[::2], items[1::2], strict=True)}
 
 
-class SentinelProcess:
+class SentinelProcess(_Process):
     """A Redis Sentinel: ``<binary> <conf file> --sentinel`` on 127.0.0.1, a free port, in a
     private temporary directory.
 
@@ -1382,6 +1485,11 @@ class SentinelProcess:
         start_timeout: Seconds :meth:`start` waits for the sentinel to answer PING.
     """
 
+    _kind = "sentinel"
+    _program = "sentinel"
+    _log_name = "sentinel.log"
+    _dir_prefix = "sentinel-harness-"
+
     def __init__(
         self,
         config: Sequence[str],
@@ -1390,62 +1498,13 @@ class SentinelProcess:
         password: str | None = None,
         start_timeout: float = _START_TIMEOUT,
     ) -> None:
-        self.binary = binary if binary is not None else find_redis_server()
+        super().__init__(binary=binary, password=password, port=None, start_timeout=start_timeout)
         self.config = tuple(config)
-        self.password = password
-        self.start_timeout = start_timeout
-        self._port: int | None = None
-        self._dir: Path | None = Path(tempfile.mkdtemp(prefix="sentinel-harness-"))
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def host(self) -> str:
-        """The address the sentinel listens on (always 127.0.0.1)."""
-        return _LOCALHOST
-
-    @property
-    def port(self) -> int:
-        """The sentinel's port; fixed at the first start and kept by later ones."""
-        if self._port is None:
-            raise RuntimeError("the sentinel has not been started yet, so it has no port")
-        return self._port
-
-    @property
-    def running(self) -> bool:
-        """Whether the sentinel process exists."""
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        """The sentinel process id (raises if it is not running)."""
-        if self._proc is None:
-            raise RuntimeError("the sentinel is not running")
-        return self._proc.pid
-
-    @property
-    def directory(self) -> Path:
-        """The sentinel's private working directory."""
-        if self._dir is None:
-            raise RuntimeError("the sentinel was closed")
-        return self._dir
 
     @property
     def conf_path(self) -> Path:
         """The sentinel's config file (rewritten by the sentinel)."""
         return self.directory / "sentinel.conf"
-
-    @property
-    def log_path(self) -> Path:
-        """The sentinel's log file."""
-        return self.directory / "sentinel.log"
-
-    def log(self) -> str:
-        """Return the sentinel log and anything it printed to stdout/stderr."""
-        parts = []
-        for path in (self.directory / "stdout.log", self.log_path):
-            with contextlib.suppress(OSError):
-                parts.append(path.read_text(errors="replace"))
-        return "".join(parts)
 
     def start(self) -> None:
         """Start the sentinel and wait until it answers PING.
@@ -1454,20 +1513,8 @@ class SentinelProcess:
             RuntimeError: If it is already running, exits during startup, or does not answer
                 within ``start_timeout``.
         """
-        if self.running:
-            raise RuntimeError("the sentinel is already running")
         first = self._port is None
-        for attempt in range(5 if first else 1):
-            if first:
-                self._port = free_port()
-                self._write_config()
-            try:
-                self._launch()
-            except _PortInUseError:
-                if attempt == 4:
-                    raise
-                continue
-            return
+        self._start(new_port=first, prepare=self._write_config if first else lambda: None)
 
     def _write_config(self) -> None:
         lines = [
@@ -1483,84 +1530,28 @@ class SentinelProcess:
         lines += self.config
         self.conf_path.write_text("\n".join(lines) + "\n")
 
-    def _launch(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.log_path.unlink()
-        with open(self.directory / "stdout.log", "wb") as out:
-            self._proc = subprocess.Popen(
-                [self.binary, str(self.conf_path), "--sentinel"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + self.start_timeout
-        try:
-            with self.sync_client(
-                socket_timeout=1.0, socket_connect_timeout=1.0, retry=sync_no_retry()
-            ) as client:
-                while True:
-                    code = self._proc.poll()
-                    if code is not None:
-                        log = self.log()
-                        if "Address already in use" in log:
-                            raise _PortInUseError(log)
-                        raise RuntimeError(
-                            f"sentinel exited with code {code} during startup (port "
-                            f"{self.port}). Config:\n{self.conf_path.read_text()}\nLog:\n{log}"
-                        )
-                    with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-                        if client.ping():
-                            return
-                    if time.monotonic() >= deadline:
-                        raise RuntimeError(
-                            f"sentinel did not answer PING within {self.start_timeout} s "
-                            f"(port {self.port}). Log:\n{self.log()}"
-                        )
-                    time.sleep(_POLL_INTERVAL)
-        except BaseException:
-            self.stop()
-            raise
+    def _command(self) -> list[str]:
+        return [self.binary, str(self.conf_path), "--sentinel"]
+
+    def _startup_error(self, code: int, log: str) -> Exception:
+        if "Address already in use" in log:
+            return _PortInUseError(log)
+        return RuntimeError(
+            f"sentinel exited with code {code} during startup (port "
+            f"{self.port}). Config:\n{self.conf_path.read_text()}\nLog:\n{log}"
+        )
 
     def stop(self) -> None:
         """Kill the sentinel with SIGKILL and reap it (no-op if not running)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        proc.wait()
-
-    def close(self) -> None:
-        """Kill the sentinel if running and delete its directory. Safe to call twice."""
-        self.stop()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        self._kill()
 
     def __repr__(self) -> str:
         """Show the port and state."""
         state = "running" if self.running else "stopped"
         return f"<SentinelProcess {self.host}:{self._port} {state}>"
 
-    def client(self, **kwargs: Any) -> redis.asyncio.Redis:
-        """Return a new asyncio client of the sentinel itself; the caller closes it."""
-        options: dict[str, Any] = {"host": self.host, "port": self.port, "password": self.password}
-        options.update(kwargs)
-        return redis.asyncio.Redis(**options)
 
-    def sync_client(self, **kwargs: Any) -> redis.Redis:
-        """Return a new blocking client of the sentinel itself; the caller closes it."""
-        options: dict[str, Any] = {"host": self.host, "port": self.port, "password": self.password}
-        options.update(kwargs)
-        return redis.Redis(**options)
-
-
-class SentinelServers:
+class SentinelServers(_Topology):
     """A master, its replicas, and Redis Sentinels that monitor them, all on 127.0.0.1.
 
     :attr:`servers` are :class:`RedisServer` objects: the initial master first, then its
@@ -1596,6 +1587,9 @@ class SentinelServers:
     again (:meth:`start_sentinels`) on those versions: "Unbalanced quotes in configuration line".
     """
 
+    _kind = "deployment"
+    _state_heading = "sentinels say"
+
     def __init__(
         self,
         sentinels: int = 3,
@@ -1613,20 +1607,18 @@ class SentinelServers:
             raise ValueError("at least one sentinel is needed")
         if replicas < 0:
             raise ValueError("replicas must be >= 0")
+        super().__init__(password=password, start_timeout=start_timeout)
         self.binary = binary if binary is not None else find_redis_server()
         self.service = service
-        self.password = password
         self.sentinel_password = sentinel_password
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
-        self.start_timeout = start_timeout
         self._replica_count = replicas
         self._sentinel_count = sentinels
         self.servers: list[RedisServer] = []
         """The data servers, initial master first; failovers change roles, not this list."""
         self.sentinels: list[SentinelProcess] = []
         """The sentinels, in start order."""
-        self._started = False
 
     @property
     def quorum(self) -> int:
@@ -1644,9 +1636,7 @@ class SentinelServers:
 
         The password is the data servers' one; the sentinels' own (if any) is not in it.
         """
-        auth = ""
-        if self.password is not None:
-            auth = ":" + urllib.parse.quote(self.password, safe="") + "@"
+        auth = _userinfo(self.password)
         hosts = ",".join(f"{host}:{port}" for host, port in self.sentinel_addresses)
         return f"redis+sentinel://{auth}{hosts}/{urllib.parse.quote(self.service, safe='')}"
 
@@ -1660,10 +1650,7 @@ class SentinelServers:
             RuntimeError: If already started, or a process fails to start.
             TimeoutError: If the sentinels do not learn everything within ``start_timeout``.
         """
-        if self._started:
-            raise RuntimeError("the deployment was already started")
-        self._started = True
-        deadline = time.monotonic() + self.start_timeout
+        deadline = self._begin_start()
         # masterauth on the master too: once demoted, it must authenticate to the new master.
         auth = ("--masterauth", self.password) if self.password is not None else ()
         master = RedisServer(binary=self.binary, password=self.password, extra_args=auth)
@@ -1714,7 +1701,7 @@ class SentinelServers:
                     return False
         return True
 
-    def _sentinel_replicas(self, sentinel: SentinelProcess) -> list[dict[str, str]]:
+    def _sentinel_replicas(self, sentinel: _Process) -> list[dict[str, str]]:
         """``SENTINEL REPLICAS``, or ``SENTINEL SLAVES`` where REPLICAS is unknown."""
         with _query_client(sentinel) as client:
             try:
@@ -1723,44 +1710,22 @@ class SentinelServers:
                 reply = client.execute_command("SENTINEL", "SLAVES", self.service)
         return [_pairs(item) for item in reply]
 
-    def _wait(self, check: Callable[[], bool], deadline: float, what: str) -> None:
-        try:
-            _poll(
-                check,
-                timeout=max(0.0, deadline - time.monotonic()),
-                what=lambda: f"{what}; sentinels say:\n{self._describe()}",
-                interval=_TOPOLOGY_POLL_INTERVAL,
-            )
-        except TimeoutError as exc:
-            processes: list[RedisServer | SentinelProcess] = [*self.servers, *self.sentinels]
-            logs = "\n".join(
-                f"--- log of {process!r}:\n{process.log()[-3000:]}" for process in processes
-            )
-            raise TimeoutError(f"{exc}\n{logs}") from None
+    def _processes(self) -> list[_Process]:
+        return [*self.sentinels, *self.servers]
 
-    def _describe(self) -> str:
-        lines = []
-        for sentinel in self.sentinels:
-            if not sentinel.running:
-                lines.append(f"{sentinel!r}")
-                continue
-            try:
-                with _query_client(sentinel) as client:
-                    master = _pairs(client.execute_command("SENTINEL", "MASTER", self.service))
-                    replicas = self._sentinel_replicas(sentinel)
-                    others = client.execute_command("SENTINEL", "SENTINELS", self.service)
-                links = [
-                    (r.get("port"), r.get("flags"), r.get("master-link-status")) for r in replicas
-                ]
-                summary = (
-                    f"master {master.get('port')} {master.get('flags')}, replicas {links}"
-                    f", {len(others)} other sentinels "
-                    f"{[_pairs(item).get('flags') for item in others]}"
-                )
-            except redis.RedisError as exc:
-                summary = f"unreachable: {exc!r}"
-            lines.append(f"{sentinel!r}: {summary}")
-        return "\n".join(lines)
+    def _observers(self) -> list[SentinelProcess]:
+        return self.sentinels
+
+    def _view_of(self, observer: _Process) -> str:
+        with _query_client(observer) as client:
+            master = _pairs(client.execute_command("SENTINEL", "MASTER", self.service))
+            replicas = self._sentinel_replicas(observer)
+            others = client.execute_command("SENTINEL", "SENTINELS", self.service)
+        links = [(r.get("port"), r.get("flags"), r.get("master-link-status")) for r in replicas]
+        return (
+            f"master {master.get('port')} {master.get('flags')}, replicas {links}"
+            f", {len(others)} other sentinels {[_pairs(item).get('flags') for item in others]}"
+        )
 
     # -- roles ------------------------------------------------------------------------------
 
@@ -1858,32 +1823,6 @@ class SentinelServers:
             return all(self._named_master(sentinel) is not None for sentinel in self.sentinels)
 
         self._wait(all_name_a_master, time.monotonic() + timeout, "sentinels to name a master")
-
-    def close(self) -> None:
-        """Kill every sentinel and server and delete their directories. Safe to call twice."""
-        for sentinel in self.sentinels:
-            sentinel.close()
-        for server in self.servers:
-            server.close()
-
-    def __enter__(self) -> SentinelServers:
-        """Start the deployment (closing it if that fails) and return it."""
-        if not self._started:
-            try:
-                self.start()
-            except BaseException:
-                self.close()
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the deployment."""
-        self.close()
 
     def __repr__(self) -> str:
         """Show the ports."""
@@ -2133,9 +2072,7 @@ class TcpProxy:
     @property
     def url(self) -> str:
         """A redis-py URL for database 0 through the proxy."""
-        auth = ""
-        if self.password is not None:
-            auth = ":" + urllib.parse.quote(self.password, safe="") + "@"
+        auth = _userinfo(self.password)
         return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
@@ -2330,9 +2267,7 @@ class TlsProxy:
     @property
     def url(self) -> str:
         """A ``rediss://`` URL for database 0 through the proxy (with ``ssl_ca_certs`` if set)."""
-        auth = ""
-        if self.password is not None:
-            auth = ":" + urllib.parse.quote(self.password, safe="") + "@"
+        auth = _userinfo(self.password)
         query = ""
         if self.ca_file is not None:
             query = "?ssl_ca_certs=" + urllib.parse.quote(self.ca_file, safe="")
