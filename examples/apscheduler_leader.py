@@ -10,7 +10,8 @@ other instance starts a scheduler of its own within milliseconds.
 Needs APScheduler 3 (``pip install "apscheduler>=3.10,<4"``).
 
 Environment:
-    REDIS_URL: The Redis (or Valkey) server; default ``redis://localhost:6379/0``.
+    REDIS_URL: The Redis (or Valkey) URL, in any form the library takes (a cluster node's
+        ``redis://``, ``redis+sentinel://...``); default ``redis://localhost:6379/0``.
     LEADER_ELECTION_*: The election's settings (``ElectionConfig.from_env``), for example
         ``LEADER_ELECTION_LOCK_TTL``. The election's name is ``--name``.
 """

@@ -8,7 +8,8 @@ and the other takes over within milliseconds. ``--seconds N`` stops it by itself
 ``--name NAME`` picks the election.
 
 Environment:
-    REDIS_URL: The Redis (or Valkey) server; default ``redis://localhost:6379/0``.
+    REDIS_URL: The Redis (or Valkey) URL, in any form the library takes (a cluster node's
+        ``redis://``, ``redis+sentinel://...``); default ``redis://localhost:6379/0``.
     WORK_INTERVAL: Seconds between two rounds of the singleton loop; default 1.
     LEADER_ELECTION_*: The election's settings (``ElectionConfig.from_env``), e.g.
         ``LEADER_ELECTION_LOCK_TTL``; ``LEADER_ELECTION_NAME`` is the default of ``--name``

@@ -9,7 +9,8 @@ still leads. Start a second instance in another terminal, then stop the first: t
 the cache when it takes over, with its own fencing token.
 
 Environment:
-    REDIS_URL: The Redis (or Valkey) server; default ``redis://localhost:6379/0``.
+    REDIS_URL: The Redis (or Valkey) URL, in any form the library takes (a cluster node's
+        ``redis://``, ``redis+sentinel://...``); default ``redis://localhost:6379/0``.
     LEADER_ELECTION_*: The election's settings (``ElectionConfig.from_env``), for example
         ``LEADER_ELECTION_LOCK_TTL``. The election's name is ``--name``.
 """

@@ -9,7 +9,8 @@ Then ``curl localhost:8000/leader`` says who leads, and ``redis-cli lrange examp
 lists the job's runs: one instance at a time, each run carrying its term's fencing token.
 
 Environment:
-    REDIS_URL: The Redis (or Valkey) server; default ``redis://localhost:6379/0``.
+    REDIS_URL: The Redis (or Valkey) URL, in any form the library takes (a cluster node's
+        ``redis://``, ``redis+sentinel://...``); default ``redis://localhost:6379/0``.
     ADVERTISED_URL: Where this host serves, advertised while it leads so that followers can send
         clients to it; default ``http://<hostname>:8000``.
     JOB_INTERVAL: Seconds between two runs of the job; default 5.

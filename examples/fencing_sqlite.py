@@ -17,7 +17,8 @@ only if no higher token was recorded before, and then writes the data. ``--db PA
 database; by default it is a temporary file.
 
 Environment:
-    REDIS_URL: The Redis (or Valkey) server; default ``redis://localhost:6379/0``.
+    REDIS_URL: The Redis (or Valkey) URL, in any form the library takes (a cluster node's
+        ``redis://``, ``redis+sentinel://...``); default ``redis://localhost:6379/0``.
     LEADER_ELECTION_*: The election's settings (``ElectionConfig.from_env``), for example
         ``LEADER_ELECTION_LOCK_TTL``. The election's name is ``--name``.
 """

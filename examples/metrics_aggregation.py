@@ -10,7 +10,8 @@ call returns None at once and the expensive work is skipped. Start a second inst
 terminal and stop the first: the second's loop starts when it takes over.
 
 Environment:
-    REDIS_URL: The Redis (or Valkey) server; default ``redis://localhost:6379/0``.
+    REDIS_URL: The Redis (or Valkey) URL, in any form the library takes (a cluster node's
+        ``redis://``, ``redis+sentinel://...``); default ``redis://localhost:6379/0``.
     LEADER_ELECTION_*: The election's settings (``ElectionConfig.from_env``), for example
         ``LEADER_ELECTION_LOCK_TTL``. The election's name is ``--name``.
 """

@@ -14,7 +14,8 @@ nothing left to do); run it again to see that nothing is applied twice::
     for i in 1 2 3; do python examples/migrations_at_startup.py & done; wait
 
 Environment:
-    REDIS_URL: The Redis (or Valkey) server; default ``redis://localhost:6379/0``.
+    REDIS_URL: The Redis (or Valkey) URL, in any form the library takes (a cluster node's
+        ``redis://``, ``redis+sentinel://...``); default ``redis://localhost:6379/0``.
     LEADER_ELECTION_*: The election's settings (``ElectionConfig.from_env``), for example
         ``LEADER_ELECTION_LOCK_TTL``. The election's name is ``--name``.
 """
