@@ -155,8 +155,14 @@ class ChannelHub:
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, client: Any, translate: Callable[[BaseException, str], Exception]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        translate: Callable[[BaseException, str], Exception],
+        slot: int | None = None,
+    ) -> None:
         self._client = client
+        self._slot = slot  # the cluster slot of its channels; None off a cluster
         self._translate = translate  # the store's translation of redis errors
         self._listeners: dict[str, set[Listener]] = {}
         self._active: dict[str, Flag] = {}  # set once the server confirmed the subscription
@@ -187,7 +193,7 @@ class ChannelHub:
             return cls(client, translate)
         hub = hubs.get(slot)
         if hub is None:
-            hub = hubs[slot] = cls(client, translate)
+            hub = hubs[slot] = cls(client, translate, slot)
         return hub
 
     async def add(self, channel: str, listener: Listener) -> None:
@@ -243,9 +249,8 @@ class ChannelHub:
             # listener, or every client ever used would stay alive.
             with contextlib.suppress(TypeError):
                 hubs = self._hubs.get(self._client, {})
-                for slot, hub in list(hubs.items()):
-                    if hub is self:
-                        del hubs[slot]
+                if hubs.get(self._slot) is self:
+                    del hubs[self._slot]
                 if not hubs:
                     self._hubs.pop(self._client, None)
         if not self._listeners and self._task is not None:

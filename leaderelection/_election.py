@@ -23,11 +23,12 @@ from ._callbacks import Callback, ErrorHandler, check_error_handler
 from ._campaign import Campaign, Lifecycle
 from ._clock import Clock, MonotonicClock
 from ._config import ElectionConfig, config_argument, new_instance_id
+from ._connect import UrlClient
 from ._core import ElectionStatistics, Phase
 from ._exceptions import ElectionNotRunningError, LeaderElectionError
 from ._info import LeaderInfo
 from ._observer import LeaderChange, watch_changes
-from ._store import RedisStore, Store, client_from_url, redis_argument
+from ._store import RedisStore, Store, redis_argument
 
 __all__ = ["ElectionStatistics", "LeaderElection", "Lifecycle"]
 
@@ -156,7 +157,7 @@ class LeaderElection:
         timeout = self._campaign.timings.call_timeout
         if self._owns_client and self._campaign.state in ("new", "stopped"):
             # The election's own client does not exist or is closed: read with a short-lived one.
-            client = client_from_url(self._url or "", timeout)
+            client = UrlClient(self._url or "", timeout)
             try:
                 return await self._make_store(client).read_info(timeout=timeout)
             finally:
@@ -404,7 +405,7 @@ class LeaderElection:
         if c.store is None:
             if self._client is None:
                 assert self._url is not None
-                self._client = client_from_url(self._url, c.timings.call_timeout)
+                self._client = UrlClient(self._url, c.timings.call_timeout)
             c.store = self._make_store(self._client)
         return c.store
 

@@ -25,6 +25,7 @@ from typing import Any, Final, Self
 from ._aio import Flag
 from ._channel import Announced, Message, Released, Resync
 from ._config import ElectionConfig, config_argument
+from ._connect import UrlClient
 from ._core import Timings
 from ._exceptions import (
     LeaderElectionError,
@@ -32,7 +33,7 @@ from ._exceptions import (
     StoreError,
 )
 from ._info import LeaderInfo
-from ._store import RedisStore, Store, client_from_url, close_client, redis_argument
+from ._store import RedisStore, Store, close_client, redis_argument
 
 __all__ = ["LeaderChange", "LeaderObserver", "watch_changes"]
 
@@ -199,7 +200,7 @@ class LeaderObserver:
         if self._store is None:
             if self._client is None:
                 assert self._url is not None
-                self._client = client_from_url(self._url, self._timings.call_timeout)
+                self._client = UrlClient(self._url, self._timings.call_timeout)
             self._store = RedisStore.for_config(self._client, self._config)
         return self._store
 

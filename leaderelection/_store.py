@@ -52,7 +52,6 @@ __all__ = [
     "HeldBack",
     "RedisStore",
     "Store",
-    "client_from_url",
     "close_client",
     "redis_argument",
     "translate",
@@ -644,16 +643,6 @@ def _holder_id(raw: object) -> str | None:
             "Leader info record is corrupt; ignoring it", extra={"raw": _text(raw)[:200]}
         )
         return None
-
-
-def client_from_url(url: str, call_timeout: float) -> UrlClient:
-    """The client of ``url`` (any URL form of :mod:`._connect`), made on first use, with
-    connects bounded by ``call_timeout``.
-
-    Raises:
-        ConfigurationError: the URL cannot work; the message shows the accepted forms.
-    """
-    return UrlClient(url, call_timeout)
 
 
 def redis_argument(target: Any, owner: str) -> tuple[str | None, Any]:

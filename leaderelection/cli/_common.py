@@ -34,7 +34,8 @@ from leaderelection import (
     LeaderInfo,
     parse_duration,
 )
-from leaderelection._connect import check_url, redact
+from leaderelection._connect import check_url
+from leaderelection._connect import redact as redact_url
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -261,11 +262,6 @@ def say(command: str, text: str) -> None:
     """Print one status line, ``leaderelection <command>: <text>``, to stderr."""
     with contextlib.suppress(OSError, ValueError):  # stderr gone: carry on silently
         print(f"leaderelection {command}: {text}", file=sys.stderr, flush=True)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for printing."""
-    return redact(url)
 
 
 # ------------------------------------------------------------------------------ signals

@@ -27,27 +27,61 @@ from tests.chaos.checker import check, format_table
 pytestmark = pytest.mark.redis
 
 FAULT = "failover_lagging_replica"
+CONFIG: dict[str, Any] = {
+    "name": "limits",
+    "lock_ttl": "2s",
+    "heartbeat_interval": "100ms",
+    "retry_interval": "200ms",
+    "renew_deadline": "1800ms",
+}
+
+
+async def lagging_pair(make_redis_server: Any, make_proxy: Any) -> tuple[Any, Any, Any]:
+    """A primary, the proxy of its replication link (to partition it), and its replica."""
+    primary = make_redis_server()
+    link = await make_proxy(primary)
+    # started from a thread: the proxy needs this event loop while the replica syncs
+    replica = await asyncio.to_thread(make_redis_server, replica_of=(link.host, link.port))
+    # the restart protection needs ceil(2 s) + 1 s of uptime before a free lock is granted
+    await asyncio.to_thread(replica.wait_uptime_above, 3)
+    return primary, link, replica
+
+
+def two_candidates(primary: Any, replica: Any, tmp_path: Path, **config: Any) -> tuple[Any, Any]:
+    """ "first" on the primary and "second" on the replica, each recording its history."""
+    return tuple(  # type: ignore[return-value]
+        recording_election(
+            server.url,
+            ElectionConfig(instance_id=who, **CONFIG, **config),
+            History(str(tmp_path / f"agent-{who}.jsonl")),
+        )
+        for who, server in (("first", primary), ("second", replica))
+    )
+
+
+def started_faults() -> list[dict[str, Any]]:
+    return [
+        {"meta": {"ttl": 2.0, "retry": 0.2, "types": [FAULT]}, "t": time.monotonic()},
+        {"started": time.monotonic()},
+    ]
+
+
+def checked(tmp_path: Path, faults: list[dict[str, Any]], resource_log: bytes) -> Any:
+    """The chaos checker's report of the histories, and its table (printed)."""
+    (tmp_path / "resource.jsonl").write_bytes(resource_log)
+    (tmp_path / "faults.jsonl").write_text("".join(json.dumps(r) + "\n" for r in faults))
+    report = check(tmp_path)
+    table = format_table(report)
+    print(table)
+    return report, table
 
 
 async def test_failover_to_a_lagging_replica_overlaps_but_fencing_orders_the_writes(
     make_redis_server: Any, make_proxy: Any, tmp_path: Path
 ) -> None:
-    primary = make_redis_server()
-    link = await make_proxy(primary)  # the replication link, so that it can be partitioned
-    # started from a thread: the proxy needs this event loop while the replica syncs
-    replica = await asyncio.to_thread(make_redis_server, replica_of=(link.host, link.port))
+    primary, link, replica = await lagging_pair(make_redis_server, make_proxy)
     resource_server = make_redis_server()
-    # the restart protection needs ceil(2 s) + 1 s of uptime before a free lock is granted
-    await asyncio.to_thread(replica.wait_uptime_above, 3)
-    config: dict[str, Any] = {
-        "name": "limits",
-        "lock_ttl": "2s",
-        "heartbeat_interval": "100ms",
-        "retry_interval": "200ms",
-        "renew_deadline": "1800ms",
-    }
-    faults = [{"meta": {"ttl": 2.0, "retry": 0.2, "types": [FAULT]}, "t": time.monotonic()}]
-    faults.append({"started": time.monotonic()})
+    faults = started_faults()
     resource = redis.asyncio.Redis(host=resource_server.host, port=resource_server.port)
     write = resource.register_script(FENCED_WRITE)
 
@@ -57,16 +91,7 @@ async def test_failover_to_a_lagging_replica_overlaps_but_fencing_orders_the_wri
             await write(keys=list(RESOURCE_KEYS), args=[token, writer, seq, time.monotonic()])
         )
 
-    first = recording_election(
-        primary.url,
-        ElectionConfig(instance_id="first", **config),
-        History(str(tmp_path / "agent-first.jsonl")),
-    )
-    second = recording_election(
-        replica.url,
-        ElectionConfig(instance_id="second", **config),
-        History(str(tmp_path / "agent-second.jsonl")),
-    )
+    first, second = two_candidates(primary, replica, tmp_path)
     link.blackhole()  # replication stalls: the replica will miss the grant
     async with first:
         assert first.is_leader
@@ -95,12 +120,7 @@ async def test_failover_to_a_lagging_replica_overlaps_but_fencing_orders_the_wri
             faults.append({"finished": time.monotonic()})
     log = await resource.lrange(RESOURCE_KEYS[1], 0, -1)
     await resource.aclose()
-    (tmp_path / "resource.jsonl").write_bytes(b"".join(entry + b"\n" for entry in log))
-    (tmp_path / "faults.jsonl").write_text("".join(json.dumps(r) + "\n" for r in faults))
-
-    report = check(tmp_path)
-    table = format_table(report)
-    print(table)
+    report, table = checked(tmp_path, faults, b"".join(entry + b"\n" for entry in log))
     row = report.rows[FAULT]
     assert row.overlaps == 1, table
     assert 0 < row.max_overlap < 1.8, table
@@ -117,30 +137,9 @@ async def test_with_min_replicas_the_unreplicated_grant_never_counts_so_no_overl
     """The same schedule with ``min_replicas=1``: the grant the replica missed was never
     acknowledged, so the first candidate never led, and the promoted replica's term (once it has
     a replica of its own) overlaps nothing."""
-    primary = make_redis_server()
-    link = await make_proxy(primary)
-    replica = await asyncio.to_thread(make_redis_server, replica_of=(link.host, link.port))
-    await asyncio.to_thread(replica.wait_uptime_above, 3)
-    config: dict[str, Any] = {
-        "name": "limits",
-        "lock_ttl": "2s",
-        "heartbeat_interval": "100ms",
-        "retry_interval": "200ms",
-        "renew_deadline": "1800ms",
-        "min_replicas": 1,
-    }
-    faults = [{"meta": {"ttl": 2.0, "retry": 0.2, "types": [FAULT]}, "t": time.monotonic()}]
-    faults.append({"started": time.monotonic()})
-    first = recording_election(
-        primary.url,
-        ElectionConfig(instance_id="first", **config),
-        History(str(tmp_path / "agent-first.jsonl")),
-    )
-    second = recording_election(
-        replica.url,
-        ElectionConfig(instance_id="second", **config),
-        History(str(tmp_path / "agent-second.jsonl")),
-    )
+    primary, link, replica = await lagging_pair(make_redis_server, make_proxy)
+    faults = started_faults()
+    first, second = two_candidates(primary, replica, tmp_path, min_replicas=1)
     link.blackhole()
     async with first:
         assert not first.is_leader  # the grant was written, but no replica acknowledged it
@@ -158,11 +157,7 @@ async def test_with_min_replicas_the_unreplicated_grant_never_counts_so_no_overl
             assert not first.is_leader
             assert first.statistics().terms_won == 0
             faults.append({"finished": time.monotonic()})
-    (tmp_path / "resource.jsonl").write_text("")
-    (tmp_path / "faults.jsonl").write_text("".join(json.dumps(r) + "\n" for r in faults))
-    report = check(tmp_path)
-    table = format_table(report)
-    print(table)
+    report, table = checked(tmp_path, faults, b"")
     assert report.rows[FAULT].overlaps == 0, table
     assert report.total.token_regressions == 0, table
     assert report.total.unbalanced == 0, table

@@ -43,6 +43,11 @@ class Candidate:
             self._new.set()
         self._new.set()
 
+    async def next_event(self) -> None:
+        """Wait until the candidate prints its next event (or exits)."""
+        self._new.clear()
+        await self._new.wait()
+
     async def expect(self, event: str, timeout: float = 10.0, after: int = 0) -> dict[str, Any]:
         """The first ``event`` at index >= ``after``, waiting up to ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
@@ -54,8 +59,7 @@ class Candidate:
                     raise AssertionError(
                         f"{self.instance_id} exited before {event!r}: {self.events}"
                     )
-                self._new.clear()
-                await self._new.wait()
+                await self.next_event()
 
     def last_until(self) -> float:
         """The last local lease deadline the candidate reported."""

@@ -53,7 +53,12 @@ async def first_term_after(candidates: list[Candidate], t: float, timeout: float
             later = [start for start, _ in terms(candidates) if start > t]
             if later:
                 return min(later)
-            await asyncio.sleep(0.02)  # polling the recorded events, not waiting for luck
+            waits = [asyncio.ensure_future(c.next_event()) for c in candidates]
+            try:  # until any candidate prints an event
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
 
 
 def leading(candidates: list[Candidate], now: float) -> list[Candidate]:
