@@ -1,12 +1,16 @@
 """A FastAPI app whose periodic job runs once across the whole fleet.
 
 Every uvicorn worker, on every host, is a candidate; exactly one of them leads and runs the job.
-Run it from the repository root (``pip install ".[fastapi]" uvicorn``)::
+Run it from the repository root (``pip install ".[fastapi,prometheus]" uvicorn``)::
 
     REDIS_URL=redis://localhost:6379/0 uvicorn examples.fastapi_app:app --workers 3
 
 Then ``curl localhost:8000/leader`` says who leads, and ``redis-cli lrange example:job-runs 0 -1``
 lists the job's runs: one instance at a time, each run carrying its term's fencing token.
+``curl localhost:8000/metrics`` is the Prometheus scrape of the worker that answers:
+``leader_election_master_status`` and the ``leaderelection_*`` metrics (docs/monitoring.md).
+With ``--workers N`` each scrape reaches one worker of the N; to see every candidate, run one
+worker per process or container (the usual setup under Kubernetes) and scrape each.
 
 Environment:
     REDIS_URL: The Redis (or Valkey) URL, in any form the library takes (a cluster node's
@@ -26,11 +30,13 @@ import os
 import socket
 import time
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from redis.asyncio import Redis
 
 from leaderelection import ElectionConfig, LeaderElection
 from leaderelection.fastapi import ElectionDep, LeaderToken, election_lifespan, leader_router
+from leaderelection.prometheus import LeaderElectionCollector
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
 ADVERTISED_URL = os.environ.get("ADVERTISED_URL", f"http://{socket.gethostname()}:8000")
@@ -79,6 +85,15 @@ def make_election() -> LeaderElection:
 app = FastAPI(title="leaderelection example", lifespan=election_lifespan(make_election))
 app.include_router(leader_router())  # GET /leader and GET /leader/ready
 
+# Every election of this process in each scrape: read from memory, no call to Redis.
+REGISTRY.register(LeaderElectionCollector())
+
+
+@app.get("/metrics", include_in_schema=False)
+def metrics() -> Response:
+    # A plain function: FastAPI runs it in a thread, off the event loop.
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
 
 @app.get("/")
 async def index() -> dict[str, str]:
@@ -86,6 +101,7 @@ async def index() -> dict[str, str]:
         "app": "leaderelection example: a periodic job that runs once across the fleet",
         "leader": "GET /leader says who leads; GET /leader/ready is a readiness probe",
         "run_now": "POST /jobs/run-now runs the job at once (leader only; 503 elsewhere)",
+        "metrics": "GET /metrics is the Prometheus scrape",
     }
 
 

@@ -32,6 +32,7 @@ from typing import Any, Final, Literal
 
 import anyio
 
+from . import _metrics
 from ._aio import Flag, wait_bounded
 from ._callbacks import CallbackList, Dispatcher, ErrorHandler, LeaderTask
 from ._channel import Message, Released, Resync, StepDownRequested
@@ -52,7 +53,7 @@ from ._core import (
 )
 from ._exceptions import StoreError
 from ._exceptions import StoreUnavailableError as _Unavailable
-from ._store import Acquired, Held, Store
+from ._store import Acquired, Held, Store, error_kind
 from ._term import TermRun, current_run
 
 __all__ = ["Campaign", "Lifecycle"]
@@ -69,6 +70,7 @@ class Campaign:
     # Slots keep an idle candidate small; "__dict__" lets a test wrap a method of one instance.
     __slots__ = (
         "__dict__",
+        "__weakref__",
         "background",
         "become",
         "clock",
@@ -243,7 +245,7 @@ class Campaign:
             )
         except StoreError as exc:
             core.last_error = str(exc)
-            delay = core.acquire_failed(now=clock.now(), token=token)
+            delay = core.acquire_failed(now=clock.now(), token=token, kind=error_kind(exc))
             if first and isinstance(exc, _Unavailable):
                 # A retrying client can hide a wrong password behind a timeout: look once.
                 cause = await store.diagnose(timeout=self.timings.call_timeout)
@@ -299,7 +301,7 @@ class Campaign:
         except StoreError as exc:
             core.last_error = str(exc)
             logger.warning("Heartbeat failed, retrying: %s", exc, extra=self.extra(term))
-            self.apply(core.renew_failed(token=token, now=clock.now()))
+            self.apply(core.renew_failed(token=token, now=clock.now(), kind=error_kind(exc)))
             return
         except Exception as exc:
             # An odd reply or a client bug: the renewal's outcome is unknown, as after a timeout.
@@ -313,6 +315,8 @@ class Campaign:
         if ok:
             logger.debug("Heartbeat sent", extra=self.extra(term))
             self.apply(core.renewed(token=token, sent_at=sent, now=now))
+            if _metrics.listeners:
+                _metrics.notify("renewed", self, now - sent)
         else:
             self.apply(core.renew_lost(token=token, now=now))
 
@@ -330,6 +334,8 @@ class Campaign:
         self.follower_event.clear()
         self.leader_event.set()
         logger.info("Became the leader", extra=self.extra(term))
+        if _metrics.listeners:
+            _metrics.notify("term_began", self, term)
         core = self.core
         run.start_watchdog(
             lambda: core.lease_deadline, lambda: self.apply(core.check(self.clock.now()))
@@ -351,6 +357,8 @@ class Campaign:
             logger.warning("Failed to send heartbeat, lost leadership", extra=extra)
         else:
             logger.info("Stepped down (%s)", lost.reason.value, extra=extra)
+        if _metrics.listeners:
+            _metrics.notify("term_ended", self, run.term, lost.reason)
         self.dispatcher.enqueue("lose", run)
         self.wake.set()
 
@@ -400,7 +408,7 @@ class Campaign:
             )
             self.core.released(tokens)
         except StoreError as exc:
-            self.core.release_failed()
+            self.core.release_failed(error_kind(exc))
             logger.warning(
                 "Could not release the lock (%s); it expires within lock_ttl",
                 exc,
@@ -412,7 +420,9 @@ class Campaign:
         have been missed) wakes a follower; a step-down request naming this instance makes a
         leader resign; a new term's announcement is for observers."""
         if isinstance(message, Released | Resync):
-            if self.core.release_noticed(now=self.clock.now()):
+            # Counted as heard: another instance's release (not a resync, not our own).
+            heard = isinstance(message, Released) and message.instance_id != self.instance_id
+            if self.core.release_noticed(now=self.clock.now(), heard=heard):
                 self.wake.set()
         elif (
             isinstance(message, StepDownRequested)

@@ -23,13 +23,18 @@ The safety argument fits in three lines:
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 import random
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 __all__ = [
+    "ACQUIRE_RESULTS",
+    "ERROR_KINDS",
+    "LATENCY_BUCKETS",
     "Acquire",
     "Action",
     "BecameLeader",
@@ -141,6 +146,27 @@ class LostLeadership:
 
 Transition = BecameLeader | LostLeadership
 
+# What an acquire attempt's answer can be: the lock was won; it was won too late to lead (the
+# answer came after renew_deadline); someone else holds it; restart protection held it back; or
+# the call failed.
+ACQUIRE_RESULTS: Final = ("acquired", "late", "held", "held_back", "error")
+# The kinds of failed store calls (see ``_store.error_kind``).
+ERROR_KINDS: Final = (
+    "timeout",
+    "connection",
+    "cluster",
+    "replicas_missing",
+    "authentication",
+    "read_only",
+    "wrong_type",
+    "corrupt_info",
+    "other",
+)
+# Upper bounds (seconds) of the renewal round-trip histogram's buckets; a last one is unbounded.
+LATENCY_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
+)  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Acquire:
@@ -195,6 +221,20 @@ class ElectionStatistics:
         restart_protection: True while elections are held back after a Redis restart.
         last_error: Why the last acquire or renewal failed (for example too few replicas
             acknowledged it, with ``min_replicas``), or None once one succeeds again.
+        lease_remaining: Seconds left on the local lease while leading (the term ends when it
+            reaches 0 without a renewal), else 0.0.
+        leadership_lost: Terms ended, by reason: ``resigned``, ``stopped``, ``renew_deadline``,
+            ``lock_lost`` and ``error`` (every key is present).
+        acquire_results: Acquire attempts answered, by result: ``acquired``, ``late`` (won, but
+            answered after ``renew_deadline``), ``held`` (another instance leads),
+            ``held_back`` (restart protection) and ``error``.
+        store_errors_by_kind: ``store_errors`` by kind: ``timeout``, ``connection``,
+            ``cluster``, ``replicas_missing``, ``authentication``, ``read_only``,
+            ``wrong_type``, ``corrupt_info`` and ``other``.
+        release_notices: Releases announced on the election's channel that this instance heard
+            as a follower.
+        follower_wakeups: Of those, the ones that moved its next attempt earlier (a handoff
+            taken at once instead of at the next scheduled attempt).
     """
 
     state: str
@@ -211,6 +251,18 @@ class ElectionStatistics:
     store_errors: int
     restart_protection: bool
     last_error: str | None = None
+    lease_remaining: float = 0.0
+    leadership_lost: Mapping[str, int] = field(
+        default_factory=lambda: dict.fromkeys((r.value for r in LossReason), 0)
+    )
+    acquire_results: Mapping[str, int] = field(
+        default_factory=lambda: dict.fromkeys(ACQUIRE_RESULTS, 0)
+    )
+    store_errors_by_kind: Mapping[str, int] = field(
+        default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0)
+    )
+    release_notices: int = 0
+    follower_wakeups: int = 0
 
     @classmethod
     def initial(cls, instance_id: str, state: str = "new") -> ElectionStatistics:
@@ -257,6 +309,15 @@ class ElectionCore:
         self.store_errors = 0
         self.last_renew_latency: float | None = None
         self.last_error: str | None = None  # why the last acquire or renewal failed
+        # Fixed keys, so that another thread (a metrics scrape) can copy them at any time.
+        self.losses = dict.fromkeys((r.value for r in LossReason), 0)
+        self.acquire_results = dict.fromkeys(ACQUIRE_RESULTS, 0)
+        self.errors_by_kind = dict.fromkeys(ERROR_KINDS, 0)
+        self.releases_heard = 0  # releases announced to this follower (notices count more)
+        self.wakeups = 0  # releases heard that moved the next attempt earlier
+        # The renewal round trips: a count per LATENCY_BUCKETS bound (and one above), and a sum.
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
 
     # ----------------------------------------------------------------------------- queries
 
@@ -314,6 +375,12 @@ class ElectionCore:
             store_errors=self.store_errors,
             restart_protection=self.restart_protection,
             last_error=self.last_error,
+            lease_remaining=max(self.lease_deadline - now, 0.0) if leading else 0.0,
+            leadership_lost=dict(self.losses),
+            acquire_results=dict(self.acquire_results),
+            store_errors_by_kind=dict(self.errors_by_kind),
+            release_notices=self.releases_heard,
+            follower_wakeups=self.wakeups,
         )
 
     # ---------------------------------------------------------------------- follower inputs
@@ -337,8 +404,10 @@ class ElectionCore:
         self.restart_protection = False
         if now >= sent_at + self.timings.renew_deadline:
             # Answered too late to lead safely; the token stays unknown, taken over next time.
+            self.acquire_results["late"] += 1
             self.next_acquire_at = now
             return []
+        self.acquire_results["acquired"] += 1
         self.unknown_tokens = ()  # the lock now holds this term's token, none of the older ones
         self.terms_won += 1
         self.term = Term(self.terms_won, token, fencing_token, sent_at)
@@ -363,6 +432,7 @@ class ElectionCore:
         was in flight may have come after the store answered, so try again at once.
         """
         self.errors = 0
+        self.acquire_results["held"] += 1
         self.restart_protection = False
         self.leader_id = holder_id
         self.unknown_tokens = ()  # the lock holds someone else's token
@@ -380,6 +450,7 @@ class ElectionCore:
     def held_back(self, *, now: float, wait_ms: int) -> None:
         """Restart protection is holding elections back for ``wait_ms``."""
         self.errors = 0
+        self.acquire_results["held_back"] += 1
         self.restart_protection = True
         self.leader_id = None
         self.unknown_tokens = ()  # the lock is free
@@ -387,27 +458,32 @@ class ElectionCore:
             now + wait_ms / 1000 + self._rng.uniform(0.0, 0.05), self.held_back_until
         )
 
-    def acquire_failed(self, *, now: float, token: str) -> float:
-        """The acquire failed or its outcome is unknown; returns the backoff chosen."""
+    def acquire_failed(self, *, now: float, token: str, kind: str = "other") -> float:
+        """The acquire failed (``kind``: one of ``ERROR_KINDS``) or its outcome is unknown;
+        returns the backoff chosen."""
         self.errors += 1
-        self.store_errors += 1
+        self.acquire_results["error"] += 1
+        self._store_error(kind)
         self._remember(token)
         delay = self.backoff()
         self.next_acquire_at = max(now + delay, self.held_back_until)
         return delay
 
-    def release_noticed(self, *, now: float) -> bool:
-        """A release was announced; returns True when the next attempt moved earlier.
+    def release_noticed(self, *, now: float, heard: bool = True) -> bool:
+        """A release was announced (``heard``), or may have been missed (a resubscription);
+        returns True when the next attempt moved earlier.
 
         During a hold-back the attempt moves to the hold-back's end rather than to ``now``.
         """
         if self.phase is not Phase.FOLLOWER:
             return False
         self.notices += 1
+        self.releases_heard += heard
         due = max(now, self.held_back_until)
         if due >= self.next_acquire_at:
             return False
         self.next_acquire_at = due
+        self.wakeups += heard
         return True
 
     def backoff(self) -> float:
@@ -427,7 +503,9 @@ class ElectionCore:
             return self._lose(now, LossReason.RENEW_DEADLINE)
         self.errors = 0
         self.renewals += 1
-        self.last_renew_latency = now - sent_at
+        latency = self.last_renew_latency = now - sent_at
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1
+        self.latency_sum += latency
         self.lease_deadline = max(self.lease_deadline, sent_at + self.timings.renew_deadline)
         self.next_renew_at = sent_at + self.timings.heartbeat_interval
         return []
@@ -438,13 +516,14 @@ class ElectionCore:
             return []
         return self._lose(now, LossReason.LOCK_LOST)
 
-    def renew_failed(self, *, token: str, now: float) -> list[Transition]:
-        """A renewal failed or timed out: try again soon, step down if the deadline passed."""
+    def renew_failed(self, *, token: str, now: float, kind: str = "other") -> list[Transition]:
+        """A renewal failed or timed out (``kind``: one of ``ERROR_KINDS``): try again soon,
+        step down if the deadline passed."""
+        self._store_error(kind)
+        self.renew_failures += 1  # also when the term ended while the renewal was under way
         if not self._holds(token):
             return []
         self.errors += 1
-        self.store_errors += 1
-        self.renew_failures += 1
         if now >= self.lease_deadline:
             return self._lose(now, LossReason.RENEW_DEADLINE)
         retry = min(self.timings.heartbeat_interval / 4, 0.05 * 2 ** min(self.errors, 6))
@@ -470,9 +549,9 @@ class ElectionCore:
         self.next_acquire_at = max(self.next_acquire_at, self.held_back_until)
         return self._lose(now, LossReason.RESIGNED)
 
-    def release_failed(self) -> None:
+    def release_failed(self, kind: str = "other") -> None:
         """A release failed (the lease expires by itself)."""
-        self.store_errors += 1
+        self._store_error(kind)
 
     def fail(self, now: float) -> list[Transition]:
         """The driver failed unexpectedly: end the term (it cannot be vouched for) and campaign
@@ -491,6 +570,10 @@ class ElectionCore:
 
     # ----------------------------------------------------------------------------- helpers
 
+    def _store_error(self, kind: str) -> None:
+        self.store_errors += 1
+        self.errors_by_kind[kind if kind in self.errors_by_kind else "other"] += 1
+
     def _remember(self, token: str) -> None:
         kept = tuple(t for t in self.unknown_tokens if t != token)
         self.unknown_tokens = (*kept, token)[-_MAX_UNKNOWN:]
@@ -505,6 +588,7 @@ class ElectionCore:
         self.lease_deadline = 0.0
         self.leader_id = None  # unknown until the store is read again
         self.transitions += 1
+        self.losses[reason.value] += 1
         if reason is not LossReason.LOCK_LOST:
             # The lock may still hold the term's token until it is released or expires.
             self._remember(term.token)

@@ -18,6 +18,7 @@ from typing import Any, Self, TypeVar
 
 import redis.asyncio as aioredis
 
+from . import _metrics
 from ._aio import Flag, close_client, wait_first, wait_shielded
 from ._callbacks import Callback, ErrorHandler, check_error_handler
 from ._campaign import Campaign, Lifecycle
@@ -279,6 +280,7 @@ class LeaderElection:
                 "LeaderElection to campaign again"
             )
         c.state = "starting"
+        _metrics.register_election(c)
         try:
             # The first attempt runs right here, in the caller's task: nothing stands between
             # entering and knowing the outcome but one round trip.
@@ -301,7 +303,7 @@ class LeaderElection:
                     if c.core.phase is Phase.FOLLOWER and await hub.wait_active(
                         store.channel, timeout=c.timings.call_timeout
                     ):
-                        c.core.release_noticed(now=self._clock.now())
+                        c.core.release_noticed(now=self._clock.now(), heard=False)
         except BaseException:
             # A permanent error or a cancellation: undo what was started, releasing a lock the
             # first attempt may have won, then let the exception through.
@@ -373,6 +375,7 @@ class LeaderElection:
         c = self._campaign
         await c.abandon()
         c.state = "stopped"
+        _metrics.unregister_election(c)
         self._stopped.set()
         if self._owns_client and self._client is not None:
             client, self._client, c.store = self._client, None, None

@@ -111,7 +111,9 @@ class MemoryServer:
     async def call(self, what: str, timeout: float, func: Callable[[], T]) -> T:
         """One round trip: ``func()`` under the faults in force, bounded by ``timeout``."""
         if self.unavailable:
-            raise StoreUnavailableError(f"the memory server is unavailable while {what}")
+            raise StoreUnavailableError(
+                f"the memory server is unavailable while {what}"
+            ) from ConnectionRefusedError("the memory server is unavailable")
         try:
             async with self.clock.timeout(max(timeout, 0.0)):
                 await asyncio.sleep(0)  # a round trip lets other tasks run

@@ -16,12 +16,13 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Self
 
+from . import _metrics
 from ._aio import Flag
 from ._channel import Announced, Message, Released, Resync
 from ._config import ElectionConfig, config_argument
@@ -64,8 +65,11 @@ class LeaderChange:
         return self.leader.fencing_token if self.leader is not None else None
 
 
-async def watch_changes(store: Store, timings: Timings) -> AsyncIterator[LeaderChange]:
-    """Yield the current leader, then every change of leader, in order (see the module doc)."""
+async def watch_changes(
+    store: Store, timings: Timings, on_change: Callable[[LeaderChange], None] | None = None
+) -> AsyncIterator[LeaderChange]:
+    """Yield the current leader, then every change of leader, in order (see the module doc);
+    ``on_change`` is called with each change before it is yielded."""
     hub = store.hub
     messages: collections.deque[Message] = collections.deque()
     arrived = Flag()
@@ -84,7 +88,10 @@ async def watch_changes(store: Store, timings: Timings) -> AsyncIterator[LeaderC
         loop = asyncio.get_running_loop()
         current = info
         seen = info.fencing_token if info is not None else 0
-        yield LeaderChange(leader=info, previous=None, at=_utcnow(), initial=True)
+        first = LeaderChange(leader=info, previous=None, at=_utcnow(), initial=True)
+        if on_change is not None:
+            on_change(first)
+        yield first
 
         def next_read(leader: LeaderInfo | None, pttl: int) -> float:
             # While someone leads, look again when the lease can have ended; otherwise new terms
@@ -145,6 +152,8 @@ async def watch_changes(store: Store, timings: Timings) -> AsyncIterator[LeaderC
                 read_at = next_read(observed[-1], timings.lock_ttl_ms)
             for leader in observed:
                 for change in _transitions(current, leader):
+                    if on_change is not None:
+                        on_change(change)
                     yield change
                 current = leader
     finally:
@@ -188,6 +197,9 @@ class LeaderObserver:
         self._url, self._client = redis_argument(redis, "LeaderObserver")
         self._store: RedisStore | None = None
         self._closed = False
+        # Who leads as this observer saw it last, for the metrics exporters.
+        self._sighting = _metrics.Sighting(self._config.name)
+        _metrics.register_sighting(self._sighting)
 
     @property
     def config(self) -> ElectionConfig:
@@ -221,6 +233,7 @@ class LeaderObserver:
         Raises the same exceptions as :meth:`current`.
         """
         info, pttl_ms = await self._get_store().read_state(timeout=self._timings.call_timeout)
+        self._saw(LeaderChange(info, None, _utcnow(), initial=True))
         return info, pttl_ms / 1000
 
     def changes(self) -> AsyncIterator[LeaderChange]:
@@ -234,7 +247,12 @@ class LeaderObserver:
             StoreError: the first read failed (the following ones are retried), or Redis
                 refused a permission.
         """
-        return watch_changes(self._get_store(), self._timings)
+        return watch_changes(self._get_store(), self._timings, self._saw)
+
+    def _saw(self, change: LeaderChange) -> None:
+        sighting = self._sighting
+        if sighting.at is None or change.at >= sighting.at:
+            sighting.saw(change.leader, change.at, change=not change.initial)
 
     async def request_step_down(self, instance_id: str | None = None) -> str | None:
         """Ask the leader to resign gracefully, as ``resign()`` would: it releases, a follower
@@ -270,6 +288,7 @@ class LeaderObserver:
     async def aclose(self) -> None:
         """Close the client if the observer created it (from a URL). Idempotent."""
         self._closed = True
+        _metrics.unregister_sighting(self._sighting)
         if self._url is not None and self._client is not None:
             client, self._client, self._store = self._client, None, None
             with contextlib.suppress(Exception):

@@ -53,6 +53,7 @@ __all__ = [
     "RedisStore",
     "Store",
     "close_client",
+    "error_kind",
     "redis_argument",
     "translate",
 ]
@@ -245,6 +246,33 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
 
 
 _WRITES: Final = ("acquiring the lock", "renewing the lease")
+
+_KINDS: Final[tuple[tuple[type[BaseException], str], ...]] = (
+    (ReplicasMissingError, "replicas_missing"),
+    (StoreAuthenticationError, "authentication"),
+    (StoreReadOnlyError, "read_only"),
+    (WrongKeyTypeError, "wrong_type"),
+    (CorruptLeaderInfoError, "corrupt_info"),
+)
+
+
+def error_kind(exc: BaseException) -> str:
+    """The kind of a failed store call, one of ``_core.ERROR_KINDS``, for the metrics: its
+    class, and for an unavailable store the redis-py or socket error behind it."""
+    for cls, kind in _KINDS:
+        if isinstance(exc, cls):
+            return kind
+    cause = exc.__cause__
+    if isinstance(cause, TimeoutError | rx.TimeoutError):
+        return "timeout"
+    if isinstance(cause, rx.ClusterDownError | rx.TryAgainError | rx.AskError) or (
+        isinstance(cause, rx.ResponseError)
+        and str(cause).startswith(("CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK", "CROSSSLOT"))
+    ):
+        return "cluster"
+    if isinstance(cause, rx.ConnectionError | OSError):  # MasterNotFoundError too
+        return "connection"
+    return "other"
 
 
 class RedisStore:
