@@ -202,7 +202,7 @@ class _Listener:
         counter(
             "leaderelection.store.errors",
             each(
-                lambda s: ((n, {"error.type": k}) for k, n in s.store_errors_by_kind.items() if n)
+                lambda s: ((n, {"error.type": k}) for k, n in s.store_errors_by_kind.items())
             ),
             unit="{error}",
             description="Failed Redis calls (acquire, renew, release), by kind.",

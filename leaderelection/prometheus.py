@@ -20,7 +20,9 @@ the Grafana dashboard built on them.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 try:
     from prometheus_client.core import (
@@ -39,6 +41,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
 
 from . import _metrics
 from ._core import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from ._campaign import Campaign
 
 __all__ = ["PREFIX", "LeaderElectionCollector"]
 
@@ -158,6 +163,10 @@ class LeaderElectionCollector(Collector):
     ``docs/monitoring.md`` for the metrics.
     """
 
+    def __init__(self) -> None:
+        # The label sets of each election, made at its first scrape (they never change).
+        self._labels: weakref.WeakKeyDictionary[Campaign, _Labels] = weakref.WeakKeyDictionary()
+
     def describe(self) -> Iterable[Metric]:
         """The metric families, without samples (so that registering does not collect)."""
         return list(_Families())
@@ -170,27 +179,28 @@ class LeaderElectionCollector(Collector):
             stats = core.statistics(campaign.clock.now(), campaign.state)
             if stats.state == "stopped":
                 continue
-            # One label dict for the samples without extra labels (they are only read).
-            base = {"name": campaign.config.name, "instance_id": campaign.instance_id}
+            labels = self._labels.get(campaign)
+            if labels is None:
+                labels = self._labels[campaign] = _Labels(campaign)
+            base = labels.base
             _add(f.master_status, base, 1.0 if stats.is_leader else 0.0)
-            _add(f.state, {**base, "state": stats.state}, 1.0)
+            _add(f.state, labels.extra("state", stats.state), 1.0)
             _add(f.terms_won, base, stats.terms_won, "_total")
             for reason, count in stats.leadership_lost.items():
-                _add(f.lost, {**base, "reason": reason}, count, "_total")
+                _add(f.lost, labels.extra("reason", reason), count, "_total")
             for result, count in stats.acquire_results.items():
-                _add(f.attempts, {**base, "result": result}, count, "_total")
+                _add(f.attempts, labels.extra("result", result), count, "_total")
             _add(f.renewals, base, stats.renewals, "_total")
             _add(f.renew_failures, base, stats.renew_failures, "_total")
             for kind, count in stats.store_errors_by_kind.items():
-                if count:  # a kind appears once it happened: nine zeros per election add up
-                    _add(f.store_errors, {**base, "kind": kind}, count, "_total")
+                _add(f.store_errors, labels.extra("kind", kind), count, "_total")
             _add(f.lease_remaining, base, stats.lease_remaining)
             if stats.last_renew_latency is not None:
                 _add(f.last_latency, base, stats.last_renew_latency)
             cumulative = 0
             for bound, count in zip(_BOUNDS, list(core.latency_counts), strict=True):
                 cumulative += count
-                _add(f.latency, {**base, "le": bound}, cumulative, "_bucket")
+                _add(f.latency, labels.extra("le", bound), cumulative, "_bucket")
             _add(f.latency, base, cumulative, "_count")
             _add(f.latency, base, core.latency_sum, "_sum")
             _add(f.restart_protection, base, 1.0 if stats.restart_protection else 0.0)
@@ -200,14 +210,32 @@ class LeaderElectionCollector(Collector):
                 _add(f.fencing_token, base, stats.fencing_token)
         for sighting in _metrics.observed():
             leader = sighting.leader
-            labels = {"name": sighting.name}
+            named = {"name": sighting.name}
             if leader is None:
-                _add(f.observed_leader, {**labels, "leader_id": ""}, 0.0)
+                _add(f.observed_leader, {**named, "leader_id": ""}, 0.0)
             else:
-                _add(f.observed_leader, {**labels, "leader_id": leader.instance_id}, 1.0)
-                _add(f.observed_token, labels, leader.fencing_token)
-            _add(f.observed_changes, labels, sighting.changes, "_total")
+                _add(f.observed_leader, {**named, "leader_id": leader.instance_id}, 1.0)
+                _add(f.observed_token, named, leader.fencing_token)
+            _add(f.observed_changes, named, sighting.changes, "_total")
         return list(f)
+
+
+class _Labels:
+    """The label dicts of one election's samples, shared by every scrape (they are only read)."""
+
+    __slots__ = ("_extra", "base")
+
+    def __init__(self, campaign: Campaign) -> None:
+        self.base = {"name": campaign.config.name, "instance_id": campaign.instance_id}
+        self._extra: dict[tuple[str, str], dict[str, str]] = {}
+
+    def extra(self, label: str, value: str) -> dict[str, str]:
+        """The base labels and ``label=value``."""
+        key = (label, value)
+        labels = self._extra.get(key)
+        if labels is None:
+            labels = self._extra[key] = {**self.base, label: value}
+        return labels
 
 
 def _add(family: Metric, labels: dict[str, str], value: float, suffix: str = "") -> None:
