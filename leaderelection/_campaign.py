@@ -314,8 +314,9 @@ class Campaign:
         core.last_error = None
         if ok:
             logger.debug("Heartbeat sent", extra=self.extra(term))
+            counted = core.renewals
             self.apply(core.renewed(token=token, sent_at=sent, now=now))
-            if _metrics.listeners:
+            if _metrics.listeners and core.renewals > counted:  # not a late answer
                 _metrics.notify("renewed", self, now - sent)
         else:
             self.apply(core.renew_lost(token=token, now=now))

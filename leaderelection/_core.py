@@ -27,6 +27,7 @@ import bisect
 import enum
 import math
 import random
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -252,14 +253,16 @@ class ElectionStatistics:
     restart_protection: bool
     last_error: str | None = None
     lease_remaining: float = 0.0
+    # Read-only views of copies (hash=False: a snapshot stays hashable).
     leadership_lost: Mapping[str, int] = field(
-        default_factory=lambda: dict.fromkeys((r.value for r in LossReason), 0)
+        default_factory=lambda: _frozen(dict.fromkeys((r.value for r in LossReason), 0)),
+        hash=False,
     )
     acquire_results: Mapping[str, int] = field(
-        default_factory=lambda: dict.fromkeys(ACQUIRE_RESULTS, 0)
+        default_factory=lambda: _frozen(dict.fromkeys(ACQUIRE_RESULTS, 0)), hash=False
     )
     store_errors_by_kind: Mapping[str, int] = field(
-        default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0)
+        default_factory=lambda: _frozen(dict.fromkeys(ERROR_KINDS, 0)), hash=False
     )
     release_notices: int = 0
     follower_wakeups: int = 0
@@ -268,6 +271,9 @@ class ElectionStatistics:
     def initial(cls, instance_id: str, state: str = "new") -> ElectionStatistics:
         """The snapshot of an election that has not campaigned (yet)."""
         return cls(state, instance_id, False, None, 0, 0, None, 0, 0, 0, None, 0, False)
+
+
+_frozen = types.MappingProxyType
 
 
 # Seconds added to a holder's remaining lease before trying again: late enough to find it
@@ -376,9 +382,9 @@ class ElectionCore:
             restart_protection=self.restart_protection,
             last_error=self.last_error,
             lease_remaining=max(self.lease_deadline - now, 0.0) if leading else 0.0,
-            leadership_lost=dict(self.losses),
-            acquire_results=dict(self.acquire_results),
-            store_errors_by_kind=dict(self.errors_by_kind),
+            leadership_lost=_frozen(self.losses.copy()),
+            acquire_results=_frozen(self.acquire_results.copy()),
+            store_errors_by_kind=_frozen(self.errors_by_kind.copy()),
             release_notices=self.releases_heard,
             follower_wakeups=self.wakeups,
         )

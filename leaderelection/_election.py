@@ -373,9 +373,11 @@ class LeaderElection:
     async def _teardown(self) -> None:
         """End the term, release, run the callbacks still queued, and let go of Redis."""
         c = self._campaign
-        await c.abandon()
-        c.state = "stopped"
-        _metrics.unregister_election(c)
+        try:
+            await c.abandon()
+        finally:
+            c.state = "stopped"
+            _metrics.unregister_election(c)
         self._stopped.set()
         if self._owns_client and self._client is not None:
             client, self._client, c.store = self._client, None, None

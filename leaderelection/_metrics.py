@@ -16,10 +16,11 @@ whose keys never change, which another thread may copy at any time.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 import weakref
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -30,20 +31,22 @@ if TYPE_CHECKING:
 __all__ = [
     "Listener",
     "Sighting",
+    "View",
     "add_listener",
+    "close_sighting",
     "elections",
     "observed",
+    "open_sighting",
     "register_election",
-    "register_sighting",
     "remove_listener",
     "unregister_election",
+    "watching",
 ]
 
 logger = logging.getLogger("leaderelection")
 
 _lock = threading.Lock()
 _elections: weakref.WeakSet[Campaign] = weakref.WeakSet()
-_sightings: weakref.WeakSet[Sighting] = weakref.WeakSet()
 
 
 class Listener(Protocol):
@@ -98,45 +101,91 @@ def elections() -> list[Campaign]:
         return list(_elections)
 
 
-@dataclass(eq=False)
-class Sighting:
-    """Who leads an election, as an observer of this process last saw it."""
+@dataclass(frozen=True, slots=True)
+class View:
+    """Who leads an election, as this process's observers saw it last."""
 
     name: str
-    seen: bool = False  # False until the observer read the leader once
-    leader: LeaderInfo | None = None
-    at: datetime | None = None
-    changes: int = 0  # changes of leader seen (the initial state is not one)
-
-    def saw(self, leader: LeaderInfo | None, at: datetime, *, change: bool) -> None:
-        self.seen, self.leader, self.at = True, leader, at
-        if change:
-            self.changes += 1
+    leader: LeaderInfo | None
+    changes: int  # changes of leader seen (the first reading is not one)
 
 
-def register_sighting(sighting: Sighting) -> None:
-    """An observer's view: exported while the observer is open (and alive)."""
+class Sighting:
+    """What the open observers of one election name in this process saw, shared by them.
+
+    Readings are ordered by fencing token, so that one that comes late (a read sent before a
+    change and answered after another observer saw it) never moves the view back: a leader
+    with token T is ``(T, 0)``, "no leader" after it ``(T, 1)``. A change is counted once per
+    process, whichever observer or iteration saw it first. The view is exported while a
+    ``changes()`` iteration keeps it current, or for one lease after a reading.
+    """
+
+    __slots__ = ("_order", "fresh_for", "name", "observers", "read_at", "view", "watching")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.observers = 0  # open LeaderObservers of this name
+        self.watching = 0  # changes() iterations running
+        self.fresh_for = 0.0  # seconds a reading stays current without an iteration: lock_ttl
+        self.read_at = -math.inf  # monotonic time of the last reading
+        self.view: View | None = None  # replaced whole, so a scrape never sees half of one
+        self._order = (-1, 1)
+
+    def saw(self, leader: LeaderInfo | None, previous: LeaderInfo | None, now: float) -> None:
+        """A reading: ``leader`` leads (None: no one), and ``previous`` led before, if known."""
+        with _lock:
+            self.read_at = now
+            if leader is not None:
+                order = (leader.fencing_token, 0)
+            else:
+                known = previous.fencing_token if previous is not None else self._order[0]
+                order = (max(known, 0), 1)
+            view = self.view
+            if view is not None and order <= self._order:
+                return  # the same state, or an older one
+            self._order = order
+            changes = 0 if view is None else view.changes + 1
+            self.view = View(self.name, leader, changes)
+
+    def current(self, now: float) -> View | None:
+        """The view to export, or None when there is none or it is stale."""
+        if self.watching or now - self.read_at <= self.fresh_for:
+            return self.view
+        return None
+
+
+_sightings: dict[str, Sighting] = {}
+
+
+def open_sighting(name: str, fresh_for: float) -> Sighting:
+    """An observer of election ``name`` opened: the sighting it shares with the others."""
     with _lock:
-        _sightings.add(sighting)
+        sighting = _sightings.get(name)
+        if sighting is None:
+            sighting = _sightings[name] = Sighting(name)
+        sighting.observers += 1
+        sighting.fresh_for = max(sighting.fresh_for, fresh_for)
+        return sighting
 
 
-def unregister_sighting(sighting: Sighting) -> None:
+def close_sighting(sighting: Sighting) -> None:
+    """An observer closed (or was collected): the last one of a name ends its sighting."""
     with _lock:
-        _sightings.discard(sighting)
+        sighting.observers -= 1
+        if sighting.observers <= 0 and _sightings.get(sighting.name) is sighting:
+            del _sightings[sighting.name]
 
 
-def observed() -> list[Sighting]:
-    """The observers' views that saw something, one per election name: who leads as the most
-    recent view saw it, and the most changes any of them saw (so that the count only grows)."""
+def watching(sighting: Sighting, delta: int) -> None:
+    """A ``changes()`` iteration started (1) or ended (-1)."""
     with _lock:
-        views = [s for s in _sightings if s.seen]
-    merged: dict[str, Sighting] = {}
-    for view in views:
-        kept = merged.get(view.name)
-        if kept is None:
-            merged[view.name] = Sighting(view.name, True, view.leader, view.at, view.changes)
-            continue
-        if view.at is not None and kept.at is not None and view.at > kept.at:
-            kept.leader, kept.at = view.leader, view.at
-        kept.changes = max(kept.changes, view.changes)
-    return list(merged.values())
+        sighting.watching += delta
+
+
+def observed(now: float | None = None) -> list[View]:
+    """Who leads each observed election, as the observers of this process saw it last: one view
+    per election name, while current (see :class:`Sighting`)."""
+    now = time.monotonic() if now is None else now
+    with _lock:
+        sightings = list(_sightings.values())
+    return [view for s in sightings if (view := s.current(now)) is not None]

@@ -16,7 +16,9 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -67,7 +69,7 @@ class LeaderChange:
 
 async def watch_changes(
     store: Store, timings: Timings, on_change: Callable[[LeaderChange], None] | None = None
-) -> AsyncIterator[LeaderChange]:
+) -> AsyncGenerator[LeaderChange, None]:
     """Yield the current leader, then every change of leader, in order (see the module doc);
     ``on_change`` is called with each change before it is yielded."""
     hub = store.hub
@@ -197,9 +199,10 @@ class LeaderObserver:
         self._url, self._client = redis_argument(redis, "LeaderObserver")
         self._store: RedisStore | None = None
         self._closed = False
-        # Who leads as this observer saw it last, for the metrics exporters.
-        self._sighting = _metrics.Sighting(self._config.name)
-        _metrics.register_sighting(self._sighting)
+        # Who leads as the observers of this election saw it last, for the metrics exporters;
+        # shared with the other open observers of the name, and let go at close (or collection).
+        self._sighting = _metrics.open_sighting(self._config.name, self._timings.lock_ttl)
+        self._let_go = weakref.finalize(self, _metrics.close_sighting, self._sighting)
 
     @property
     def config(self) -> ElectionConfig:
@@ -233,7 +236,7 @@ class LeaderObserver:
         Raises the same exceptions as :meth:`current`.
         """
         info, pttl_ms = await self._get_store().read_state(timeout=self._timings.call_timeout)
-        self._saw(LeaderChange(info, None, _utcnow(), initial=True))
+        self._sighting.saw(info, None, time.monotonic())
         return info, pttl_ms / 1000
 
     def changes(self) -> AsyncIterator[LeaderChange]:
@@ -247,12 +250,22 @@ class LeaderObserver:
             StoreError: the first read failed (the following ones are retried), or Redis
                 refused a permission.
         """
-        return watch_changes(self._get_store(), self._timings, self._saw)
+        return self._watch(self._get_store())
 
-    def _saw(self, change: LeaderChange) -> None:
+    async def _watch(self, store: RedisStore) -> AsyncIterator[LeaderChange]:
+        """watch_changes, telling the metrics' sighting what it sees while it runs."""
         sighting = self._sighting
-        if sighting.at is None or change.at >= sighting.at:
-            sighting.saw(change.leader, change.at, change=not change.initial)
+
+        def saw(change: LeaderChange) -> None:
+            sighting.saw(change.leader, change.previous, time.monotonic())
+
+        _metrics.watching(sighting, 1)
+        try:
+            async with contextlib.aclosing(watch_changes(store, self._timings, saw)) as changes:
+                async for change in changes:
+                    yield change
+        finally:
+            _metrics.watching(sighting, -1)
 
     async def request_step_down(self, instance_id: str | None = None) -> str | None:
         """Ask the leader to resign gracefully, as ``resign()`` would: it releases, a follower
@@ -288,7 +301,7 @@ class LeaderObserver:
     async def aclose(self) -> None:
         """Close the client if the observer created it (from a URL). Idempotent."""
         self._closed = True
-        _metrics.unregister_sighting(self._sighting)
+        self._let_go()
         if self._url is not None and self._client is not None:
             client, self._client, self._store = self._client, None, None
             with contextlib.suppress(Exception):

@@ -31,6 +31,7 @@ Every data point carries ``leaderelection.name`` and ``leaderelection.instance_i
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 try:
     from opentelemetry import metrics, trace
+    from opentelemetry.context import Context
     from opentelemetry.metrics import CallbackOptions, Observation
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
     raise ImportError(
@@ -55,6 +57,19 @@ if TYPE_CHECKING:
 __all__ = ["LeaderElectionInstrumentor"]
 
 _SCOPE = "leaderelection"
+_ROOT = Context()  # an empty context: the spans it starts have no parent
+
+
+class _State:
+    """The instrumentation in effect (one per process), and the instruments made so far."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active: _Listener | None = None
+        self.instruments: dict[int, tuple[metrics.MeterProvider, _Instruments]] = {}
+
+
+_state = _State()
 
 Attributes = dict[str, Any]
 
@@ -83,17 +98,16 @@ def _attributes(campaign: Campaign) -> Attributes:
 class LeaderElectionInstrumentor:
     """Exports the process's elections and observers through OpenTelemetry (module docstring).
 
-    ``instrument()`` creates the instruments and starts the spans; ``uninstrument()`` stops
-    both (the observable instruments then report nothing). Each is idempotent.
+    ``instrument()`` starts the instruments and the spans; ``uninstrument()`` stops both (the
+    observable instruments then report nothing). There is one instrumentation per process, as
+    with OpenTelemetry's own instrumentors: while one is in effect, ``instrument()`` (of any
+    instance) does nothing, so nothing is ever counted twice.
     """
-
-    def __init__(self) -> None:
-        self._listener: _Listener | None = None
 
     @property
     def is_instrumented(self) -> bool:
-        """Whether :meth:`instrument` is in effect."""
-        return self._listener is not None
+        """Whether an instrumentation is in effect in this process."""
+        return _state.active is not None
 
     def instrument(
         self,
@@ -101,33 +115,40 @@ class LeaderElectionInstrumentor:
         meter_provider: metrics.MeterProvider | None = None,
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
-        """Create the instruments on ``meter_provider`` and the spans on ``tracer_provider``
+        """Start the instruments on ``meter_provider`` and the spans on ``tracer_provider``
         (default: the global providers, no-ops until an SDK is set)."""
-        if self._listener is not None:
-            return
-        meter = metrics.get_meter(_SCOPE, __version__, meter_provider=meter_provider)
-        tracer = trace.get_tracer(_SCOPE, __version__, tracer_provider=tracer_provider)
-        listener = _Listener(meter, tracer)
-        _metrics.add_listener(listener)
-        self._listener = listener
+        with _state.lock:
+            if _state.active is not None:
+                return
+            provider = meter_provider or metrics.get_meter_provider()
+            # A meter provider hands back the instruments it made before instead of new ones:
+            # make them once per provider, and let their callbacks ask who is active.
+            kept = _state.instruments.get(id(provider))
+            if kept is None or kept[0] is not provider:
+                kept = _state.instruments[id(provider)] = (provider, _Instruments(provider))
+            tracer = trace.get_tracer(_SCOPE, __version__, tracer_provider=tracer_provider)
+            _state.active = _Listener(kept[1], tracer)
+            _metrics.add_listener(_state.active)
 
     def uninstrument(self) -> None:
         """Stop recording: no more spans, histogram points or observations."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.active = False
-            _metrics.remove_listener(listener)
+        with _state.lock:
+            if _state.active is not None:
+                _metrics.remove_listener(_state.active)
+                _state.active = None
 
 
-class _Listener:
-    """The instruments, and the listener of term and renewal events (see ``_metrics``)."""
+class _Instruments:
+    """The instruments of one meter provider. Their callbacks observe only while an
+    instrumentation on these instruments is in effect."""
 
-    def __init__(self, meter: metrics.Meter, tracer: trace.Tracer) -> None:
-        self.active = True
-        self.tracer = tracer
-        self.term_starts: weakref.WeakKeyDictionary[Campaign, tuple[int, trace.SpanContext]] = (
-            weakref.WeakKeyDictionary()
-        )
+    @property
+    def live(self) -> bool:
+        active = _state.active
+        return active is not None and active.instruments is self
+
+    def __init__(self, provider: metrics.MeterProvider) -> None:
+        meter = metrics.get_meter(_SCOPE, __version__, meter_provider=provider)
         self.renew_duration = meter.create_histogram(
             "leaderelection.renew.duration",
             unit="s",
@@ -138,7 +159,7 @@ class _Listener:
 
         def each(read: Callable[[ElectionStatistics], Iterable[tuple[float, Attributes]]]) -> Any:
             def callback(options: CallbackOptions) -> Iterator[Observation]:
-                if not self.active:
+                if not self.live:
                     return
                 for election in _elections():
                     for value, extra in read(election.stats):
@@ -201,9 +222,7 @@ class _Listener:
         )
         counter(
             "leaderelection.store.errors",
-            each(
-                lambda s: ((n, {"error.type": k}) for k, n in s.store_errors_by_kind.items())
-            ),
+            each(lambda s: ((n, {"error.type": k}) for k, n in s.store_errors_by_kind.items())),
             unit="{error}",
             description="Failed Redis calls (acquire, renew, release), by kind.",
         )
@@ -245,10 +264,10 @@ class _Listener:
         )
 
         def observed(
-            read: Callable[[_metrics.Sighting], Iterable[tuple[float, Attributes]]],
+            read: Callable[[_metrics.View], Iterable[tuple[float, Attributes]]],
         ) -> Any:
             def callback(options: CallbackOptions) -> Iterator[Observation]:
-                if not self.active:
+                if not self.live:
                     return
                 for sighting in _metrics.observed():
                     for value, extra in read(sighting):
@@ -280,15 +299,26 @@ class _Listener:
             description="Changes of leader an observer saw.",
         )
 
-    # The events (on the election's event loop).
+
+class _Listener:
+    """The instrumentation in effect: records renewals and the terms' spans (see
+    ``_metrics.Listener``), on the elections' event loops."""
+
+    def __init__(self, instruments: _Instruments, tracer: trace.Tracer) -> None:
+        self.instruments = instruments
+        self.tracer = tracer
+        self.term_starts: weakref.WeakKeyDictionary[Campaign, tuple[int, trace.SpanContext]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def renewed(self, campaign: Campaign, latency: float) -> None:
-        self.renew_duration.record(latency, _attributes(campaign))
+        self.instruments.renew_duration.record(latency, _attributes(campaign))
 
     def term_began(self, campaign: Campaign, term: Term) -> None:
         started = time.time_ns()
         span = self.tracer.start_span(
             "leaderelection.term.start",
+            context=_ROOT,  # a trace of its own, not a child of whatever span is current
             start_time=started,
             attributes=_term_attributes(campaign, term),
         )
@@ -300,6 +330,7 @@ class _Listener:
         links = [trace.Link(context)] if context is not None and context.is_valid else []
         span = self.tracer.start_span(
             "leaderelection.term",
+            context=_ROOT,
             start_time=started,
             links=links,
             attributes={
@@ -318,5 +349,5 @@ def _term_attributes(campaign: Campaign, term: Term) -> Attributes:
     }
 
 
-def _leader_id(sighting: _metrics.Sighting) -> str:
+def _leader_id(sighting: _metrics.View) -> str:
     return sighting.leader.instance_id if sighting.leader is not None else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,16 +74,14 @@ async def exported(
     await c.start()
     await clock.advance(config.heartbeat_interval.total_seconds() + 0.1)
     assert a.is_leader and c.statistics().store_errors > 0
-    sighting = registry.Sighting(config.name)
-    info = await a.get_leader_info()
-    sighting.saw(info, info.last_heartbeat if info else None, change=False)  # type: ignore[arg-type]
-    registry.register_sighting(sighting)
+    sighting = registry.open_sighting(config.name, fresh_for=60)
+    sighting.saw(await a.get_leader_info(), None, time.monotonic())
     try:
         scrape = CollectorRegistry()
         scrape.register(LeaderElectionCollector())
         text = generate_latest(scrape).decode()
     finally:
-        registry.unregister_sighting(sighting)
+        registry.close_sighting(sighting)
         c_stop = asyncio.ensure_future(c.stop())
         await clock.advance_until(c_stop.done, limit=30)
         await c_stop

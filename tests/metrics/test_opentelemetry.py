@@ -26,7 +26,7 @@ class Telemetry:
     def __init__(self) -> None:
         self.reader = InMemoryMetricReader()
         self.spans = InMemorySpanExporter()
-        tracer_provider = TracerProvider()
+        tracer_provider = self.tracer_provider = TracerProvider()
         tracer_provider.add_span_processor(SimpleSpanProcessor(self.spans))
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
         self.instrumentor = LeaderElectionInstrumentor()
@@ -74,8 +74,10 @@ async def test_instruments_and_spans_follow_a_handoff(
     drive: Drive,
 ) -> None:
     a, b = make_election(config), make_election(config)
-    await a.start()
-    await b.start()
+    tracer = telemetry.tracer_provider.get_tracer("the-app")
+    with tracer.start_as_current_span("the app's start-up"):  # the runner inherits this context
+        await a.start()
+        await b.start()
     await clock.advance(config.heartbeat_interval.total_seconds() + 0.1)
     pa, pb = telemetry.points(a.instance_id), telemetry.points(b.instance_id)
     assert only(pa, "leaderelection.leader") == 1
@@ -98,15 +100,18 @@ async def test_instruments_and_spans_follow_a_handoff(
     (state,) = pa["leaderelection.state"]
     assert state[0]["leaderelection.state"] == "leader"
     (start,) = telemetry.finished("leaderelection.term.start")
+    assert start.parent is None  # a root span, whatever was current when the election started
     assert start.attributes is not None
     assert start.attributes["leaderelection.instance_id"] == a.instance_id
     assert start.attributes["leaderelection.fencing_token"] == a.fencing_token
     assert telemetry.finished("leaderelection.term") == []  # the term goes on
 
     token = a.fencing_token
-    await a.resign()
+    with tracer.start_as_current_span("a request that resigns"):
+        await a.resign()
     await drive(b.wait_until_leader(), limit=1)
     (term,) = telemetry.finished("leaderelection.term")
+    assert term.parent is None
     assert term.attributes is not None
     assert term.attributes["leaderelection.loss_reason"] == "resigned"
     assert term.attributes["leaderelection.fencing_token"] == token
@@ -115,6 +120,7 @@ async def test_instruments_and_spans_follow_a_handoff(
     assert term.end_time >= term.start_time
     assert [link.context for link in term.links] == [start.context]
     starts = telemetry.finished("leaderelection.term.start")
+    assert all(span.parent is None for span in starts)
     assert [s.attributes["leaderelection.instance_id"] for s in starts if s.attributes] == [
         a.instance_id,
         b.instance_id,
@@ -164,10 +170,67 @@ async def test_a_failing_listener_never_affects_the_election(
             await clock.advance(config.heartbeat_interval.total_seconds() + 0.1)
             assert a.is_leader
             assert a.statistics().renewals == 1
+            await a.resign()
+            assert a.statistics().leadership_lost["resigned"] == 1
     finally:
         registry.remove_listener(broken)
     failures = [r for r in caplog.records if r.getMessage().startswith("A metrics listener")]
     assert {r.getMessage() for r in failures} == {
         "A metrics listener failed in term_began",
         "A metrics listener failed in renewed",
+        "A metrics listener failed in term_ended",
     }
+
+
+async def test_instrumenting_again_works_and_twice_counts_once(
+    telemetry: Telemetry, make_election: MakeElection, config: ElectionConfig, clock: FakeClock
+) -> None:
+    # Off and on again on the same providers: the instruments are the provider's, and observe.
+    telemetry.instrumentor.uninstrument()
+    telemetry.instrumentor.instrument(
+        meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider
+    )
+    # A second instrumentor while one is in effect does nothing: nothing is counted twice.
+    second = LeaderElectionInstrumentor()
+    assert second.is_instrumented
+    second.instrument(
+        meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider
+    )
+    a = make_election(config)
+    await a.start()
+    await clock.advance(config.heartbeat_interval.total_seconds() + 0.1)
+    points = telemetry.points(a.instance_id)
+    assert only(points, "leaderelection.leader") == 1
+    (histogram,) = points["leaderelection.renew.duration"]
+    assert histogram[1].count == a.statistics().renewals == 1
+    assert len(telemetry.finished("leaderelection.term.start")) == 1
+
+
+async def test_a_renewal_answered_after_the_term_ended_is_not_recorded(
+    telemetry: Telemetry,
+    make_election: MakeElection,
+    config: ElectionConfig,
+    clock: FakeClock,
+) -> None:
+    """An answer that comes after the local lease ran out extends nothing; neither histogram
+    (Prometheus' in the core, OpenTelemetry's) counts it."""
+    a = make_election(config)
+    await a.start()
+    store = a._campaign.store
+    assert store is not None
+    renew = store.renew
+    late = clock.now() + config.renew_deadline.total_seconds() + 1
+
+    async def renew_late(*args: Any, **kwargs: Any) -> bool:
+        store.renew = renew  # type: ignore[method-assign]  # only the first one is late
+        await clock.wait_until(late)  # past the lease's end: the watchdog ends the term first
+        return await renew(*args, **kwargs)
+
+    store.renew = renew_late  # type: ignore[method-assign]
+    await clock.advance_until(lambda: clock.now() >= late, limit=20)
+    await clock.advance(0.001)  # the late answer is handled (the next term's renewal is later)
+    stats = a.statistics()
+    assert stats.leadership_lost["renew_deadline"] == 1
+    assert stats.renewals == 0
+    assert sum(a._campaign.core.latency_counts) == 0
+    assert "leaderelection.renew.duration" not in telemetry.points(a.instance_id)

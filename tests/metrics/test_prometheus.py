@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from leaderelection import ElectionConfig, LeaderElection, LeaderObserver
+from leaderelection import ElectionConfig, LeaderElection, LeaderObserver, _metrics
 from leaderelection.prometheus import LeaderElectionCollector
 from leaderelection.testing import FakeClock, MemoryServer
 from tests.election.conftest import Drive, MakeElection
@@ -306,3 +307,93 @@ def test_scrapes_from_another_thread_while_elections_come_and_go(
         thread.join(30)
     assert not errors, errors
     assert scrapes > 0
+
+
+async def test_observers_of_one_election_count_each_change_once(
+    registry: CollectorRegistry, redis_server: RedisServer
+) -> None:
+    """Two observers of one election, one of them with two iterations: one view per election,
+    each change counted once, and the count kept when one of the observers closes."""
+    config = ElectionConfig(name="observed-twice", lock_ttl=2, heartbeat_interval=0.5)
+    first = LeaderObserver(redis_server.url, config)
+    second = LeaderObserver(redis_server.url, config)
+    iterations = [first.changes(), first.changes(), second.changes()]
+    try:
+        for changes in iterations:
+            assert (await anext(changes)).leader is None
+        async with LeaderElection(redis_server.url, config) as election:
+            for changes in iterations:
+                change = await asyncio.wait_for(anext(changes), 5)
+                assert change.leader is not None
+            s = scrape(registry)
+            assert of(s, "leaderelection_observed_leader", config.name) == {
+                frozenset({("name", config.name), ("leader_id", election.instance_id)}): 1
+            }
+            assert value(s, "leaderelection_observed_changes_total", name=config.name) == 1
+        for changes in iterations:
+            assert (await asyncio.wait_for(anext(changes), 5)).leader is None
+        assert (
+            value(scrape(registry), "leaderelection_observed_changes_total", name=config.name) == 2
+        )
+        for changes in iterations:
+            await changes.aclose()  # type: ignore[attr-defined]
+        await first.aclose()
+        # The other observer is open: the view and its count stay.
+        assert (
+            value(scrape(registry), "leaderelection_observed_changes_total", name=config.name) == 2
+        )
+    finally:
+        for changes in iterations:
+            await changes.aclose()  # type: ignore[attr-defined]
+        await first.aclose()
+        await second.aclose()
+    assert of(scrape(registry), "leaderelection_observed_changes_total", config.name) == {}
+
+
+async def test_an_observers_reading_is_exported_for_one_lease_without_an_iteration(
+    redis_server: RedisServer,
+) -> None:
+    """A reading of current() goes stale: without a changes() iteration keeping it current, it
+    is exported for lock_ttl, then no more (so an old "no leader" fires no alert)."""
+    config = ElectionConfig(name="observed-stale", lock_ttl=2, heartbeat_interval=0.5)
+    async with LeaderObserver(redis_server.url, config) as observer:
+        assert await observer.current() is None
+        read = time.monotonic()
+        assert [v.name for v in _metrics.observed(now=read)] == [config.name]
+        assert [v.name for v in _metrics.observed(now=read + 1.9)] == [config.name]
+        assert _metrics.observed(now=read + 2.1) == []
+        changes = observer.changes()
+        await anext(changes)
+        # An iteration keeps it current, however long it runs.
+        assert [v.name for v in _metrics.observed(now=time.monotonic() + 3600)] == [config.name]
+        await changes.aclose()  # type: ignore[attr-defined]
+        assert _metrics.observed(now=time.monotonic() + 3600) == []
+
+
+def test_a_late_reading_never_moves_the_view_back() -> None:
+    from leaderelection import LeaderInfo
+
+    def info(token: int) -> LeaderInfo:
+        return LeaderInfo(
+            instance_id=f"i{token}",
+            hostname="h",
+            pid=1,
+            started_at="2026-12-04T00:00:00Z",
+            last_heartbeat="2026-12-04T00:00:00Z",
+            fencing_token=token,
+            election="late",
+        )
+
+    sighting = _metrics.open_sighting("late-readings", fresh_for=60)
+    try:
+        sighting.saw(info(5), None, 0.0)
+        sighting.saw(None, info(5), 0.0)  # term 5 ended
+        sighting.saw(info(5), None, 0.0)  # a read sent before that, answered after: ignored
+        sighting.saw(info(7), None, 0.0)
+        sighting.saw(None, info(5), 0.0)  # the end of term 5 again, late: ignored
+        view = sighting.view
+        assert view is not None
+        assert view.leader is not None and view.leader.fencing_token == 7
+        assert view.changes == 2
+    finally:
+        _metrics.close_sighting(sighting)
