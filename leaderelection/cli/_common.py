@@ -139,6 +139,12 @@ _FIELDS: Final[tuple[tuple[str, str, str], ...]] = (
         "hold a free lock back on a server younger than ceil(lock_ttl)+1 s; 'no' only with "
         "appendfsync always, or when a lost lease costs nothing (default: yes)",
     ),
+    (
+        "priority",
+        "N",
+        "-100 to 100: a higher priority gets the first chance at a free lock; a sitting leader "
+        "is never preempted (default: 0)",
+    ),
 )
 _DURATIONS: Final = frozenset(
     {"lock_ttl", "heartbeat_interval", "retry_interval", "renew_deadline"}

@@ -70,6 +70,7 @@ def test_every_config_field_has_a_flag() -> None:
         "metadata": "url=http://10.0.0.5:8000,zone=eu-1",
         "min_replicas": "1",
         "restart_protection": "no",
+        "priority": "-5",
     }
     assert set(values) == set(ElectionConfig.model_fields)
     argv = [
@@ -92,6 +93,7 @@ def test_every_environment_variable_is_read() -> None:
         "metadata": "url=http://10.0.0.5:8000,zone=eu-1",
         "min_replicas": "2",
         "restart_protection": "false",
+        "priority": "7",
     }
     assert set(values) == set(ElectionConfig.ENV_NAMES)
     environ = {ElectionConfig.ENV_NAMES[field]: value for field, value in values.items()}

@@ -133,6 +133,7 @@ def test_from_env_reads_every_documented_variable() -> None:
         "LEADER_ELECTION_METADATA": "url=http://10.0.0.5:8000, zone=eu-1",
         "LEADER_ELECTION_MIN_REPLICAS": "2",
         "LEADER_ELECTION_RESTART_PROTECTION": "false",
+        "LEADER_ELECTION_PRIORITY": "-7",
         "UNRELATED": "x",
     }
     c = ElectionConfig.from_env(env)
@@ -143,7 +144,7 @@ def test_from_env_reads_every_documented_variable() -> None:
     assert (c.instance_id, c.hostname, c.name) == ("instance-1", "server-01", "billing")
     assert c.lock_key == "maplefile:{billing}:lock"
     assert c.metadata == {"url": "http://10.0.0.5:8000", "zone": "eu-1"}
-    assert (c.min_replicas, c.restart_protection) == (2, False)
+    assert (c.min_replicas, c.restart_protection, c.priority) == (2, False, -7)
     assert set(ElectionConfig.ENV_NAMES.values()) == set(env) - {"UNRELATED"}
 
 
@@ -244,3 +245,14 @@ def test_min_replicas_and_restart_protection_defaults_and_bad_values() -> None:
         ElectionConfig.from_env({"LEADER_ELECTION_RESTART_PROTECTION": "off"}).restart_protection
         is False
     )
+
+
+def test_priority_default_range_and_bad_values() -> None:
+    assert ElectionConfig().priority == 0
+    assert (ElectionConfig(priority=-100).priority, ElectionConfig(priority=100).priority) == (
+        -100,
+        100,
+    )
+    for bad in (-101, 101, True, "high", 1.5):
+        with pytest.raises(ConfigurationError, match="priority"):
+            ElectionConfig(priority=bad)
