@@ -35,7 +35,7 @@ import anyio
 from . import _metrics
 from ._aio import Flag, wait_bounded
 from ._callbacks import CallbackList, Dispatcher, ErrorHandler, LeaderTask
-from ._channel import Message, Released, Resync, StepDownRequested
+from ._channel import Announced, Message, Released, Resync, StepDownRequested
 from ._clock import Clock
 from ._config import ElectionConfig
 from ._core import (
@@ -108,7 +108,7 @@ class Campaign:
         self.instance_id = instance_id
         self.timings = Timings.from_config(config)
         self.clock = clock
-        self.core = ElectionCore(self.timings, instance_id=instance_id)
+        self.core = ElectionCore(self.timings, instance_id=instance_id, priority=config.priority)
         self.state: Lifecycle = "new"
         self.store: Store | None = None
         self.become = CallbackList("on_become_leader")
@@ -242,6 +242,7 @@ class Campaign:
                 min_uptime_s=self.timings.restart_uptime_s if self.config.restart_protection else 0,
                 timeout=self.timings.call_timeout,
                 check_role=first,
+                priority=self.config.priority,
             )
         except StoreError as exc:
             core.last_error = str(exc)
@@ -274,6 +275,7 @@ class Campaign:
                 remaining_ms=result.remaining_ms,
                 notices_at_send=notices,
                 holder_id=result.holder_id,
+                top_priority=result.top_priority,
             )
         else:
             if not core.restart_protection:
@@ -420,10 +422,25 @@ class Campaign:
         """A message on the election's channel: a release (or a resubscription, when one may
         have been missed) wakes a follower; a step-down request naming this instance makes a
         leader resign; a new term's announcement is for observers."""
-        if isinstance(message, Released | Resync):
-            # Counted as heard: another instance's release (not a resync, not our own).
-            heard = isinstance(message, Released) and message.instance_id != self.instance_id
-            if self.core.release_noticed(now=self.clock.now(), heard=heard):
+        if isinstance(message, Released):
+            if message.instance_id == self.instance_id:  # our own release: nothing to hear
+                moved = self.core.release_noticed(now=self.clock.now(), heard=False)
+            else:
+                moved = self.core.release_noticed(
+                    now=self.clock.now(),
+                    others=self._other_followers(message.subscribers),
+                    top_priority=message.top_priority,
+                )
+            if moved:
+                self.wake.set()
+        elif isinstance(message, Resync):
+            if self.core.release_noticed(now=self.clock.now(), heard=False):
+                self.wake.set()
+        elif isinstance(message, Announced):
+            holder = _holder(message.record)
+            if holder != self.instance_id and self.core.term_announced(
+                now=self.clock.now(), holder_id=holder
+            ):
                 self.wake.set()
         elif (
             isinstance(message, StepDownRequested)
@@ -433,6 +450,15 @@ class Campaign:
         ):
             logger.info("Stepping down on request", extra=self.extra(self.core.term))
             self.spawn(self._step_down_on_request())
+
+    def _other_followers(self, subscribers: int | None) -> int:
+        """How many other followers a release reached, from the channel's subscriber count
+        (connections, the leader's included) and the listeners on this one's connection."""
+        store = self.store
+        if subscribers is None or store is None or store.hub is None:
+            return 0
+        local = max(store.hub.listening(store.channel), 1)
+        return max(max(subscribers - 1, 1) * local - 1, 0)
 
     async def _step_down_on_request(self) -> None:
         if self.state == "running":
@@ -499,6 +525,15 @@ class Campaign:
             "instance_id": self.instance_id,
             "fencing_token": term.fencing_token,
         }
+
+
+def _holder(record: str) -> str | None:
+    """The instance id of an announced leader record, or None when it cannot be read."""
+    try:
+        holder = json.loads(record).get("instance_id")
+    except (ValueError, AttributeError):
+        return None
+    return holder if isinstance(holder, str) else None
 
 
 def _utcnow() -> datetime:

@@ -68,10 +68,16 @@ class Announced:
 
 @dataclass(frozen=True, slots=True)
 class Released:
-    """``R``: the term with ``fencing_token``, held by ``instance_id``, released its lock."""
+    """``R``: the term with ``fencing_token``, held by ``instance_id``, released its lock.
+
+    ``subscribers`` is how many connections listened on the channel, and ``top_priority`` the
+    highest priority among the candidates waiting; None when the releaser did not say (an
+    older version, or a server that refused to tell)."""
 
     fencing_token: int
     instance_id: str
+    subscribers: int | None = None
+    top_priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +103,27 @@ def parse_message(text: str) -> Message | None:
     if kind == "A" and rest:
         return Announced(rest)
     if kind == "R":
-        token, _, instance_id = rest.partition(" ")
+        token, _, rest = rest.partition(" ")
+        instance_id, _, rest = rest.partition(" ")
+        subscribers, _, top = rest.partition(" ")
         if token.isdigit():
-            return Released(int(token), instance_id)
+            return Released(int(token), instance_id, _count(subscribers), _integer(top))
         return None
     if kind == "S" and rest:
         return StepDownRequested(rest)
     return None
+
+
+def _integer(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _count(text: str) -> int | None:
+    value = _integer(text)
+    return value if value is not None and value >= 0 else None  # -1: the server did not say
 
 
 class Hub(Protocol):
@@ -123,6 +143,10 @@ class Hub(Protocol):
 
     async def wait_active(self, channel: str, *, timeout: float) -> bool:
         """Wait up to ``timeout`` for the subscription to ``channel``; False if it did not come."""
+        ...
+
+    def listening(self, channel: str) -> int:
+        """How many listeners of ``channel`` share this subscription's connection."""
         ...
 
 
@@ -218,6 +242,10 @@ class ChannelHub:
         """Whether the server has confirmed the subscription to ``channel``."""
         flag = self._active.get(channel)
         return flag is not None and flag.is_set()
+
+    def listening(self, channel: str) -> int:
+        """How many listeners of ``channel`` this hub's one connection serves."""
+        return len(self._listeners.get(channel, ()))
 
     async def wait_active(self, channel: str, *, timeout: float) -> bool:
         """Wait up to ``timeout`` for the subscription to ``channel``; False if it did not come."""

@@ -172,9 +172,9 @@ class ElectionConfig(BaseModel):
             still alive. Default True. Turn it off only with ``appendfsync always``, or when a
             lost lease costs nothing (local development). Env
             ``LEADER_ELECTION_RESTART_PROTECTION`` (``true``/``false``).
-        priority: When the lock is free (a release, an expired lease, a restarted server), a
-            candidate of higher priority gets the first chance to take it, a few milliseconds
-            per level ahead of lower ones. A sitting leader is never preempted: priority
+        priority: When the lock is free (a release, an expired lease), a candidate of higher
+            priority gets the first chance to take it, 2 ms per level ahead of lower ones (at
+            most 20 ms). A sitting leader is never preempted: priority
             decides who takes a free lock, never who holds it. From -100 to 100; default 0.
             Env ``LEADER_ELECTION_PRIORITY``.
     """
@@ -259,6 +259,12 @@ class ElectionConfig(BaseModel):
         if self.lock_key == default_lock:
             return f"{self.key_prefix}:{{{self.name}}}:fence"
         return _sibling(self.lock_key, ":fence")
+
+    @property
+    def waiting_key(self) -> str:
+        """The key holding the highest priority among the candidates waiting for the lock (it
+        expires two leases after the last of them asked)."""
+        return self.fence_key.removesuffix(":fence") + ":waiting"
 
     @property
     def release_channel(self) -> str:

@@ -276,6 +276,16 @@ class ElectionStatistics:
 _frozen = types.MappingProxyType
 
 
+# When the lock is free, a candidate below the highest priority waiting lets the higher ones go
+# first: it waits for their whole random window (below), then this much per level (at most
+# PRIORITY_LEVELS levels).
+PRIORITY_STEP: Final = 0.002
+PRIORITY_LEVELS: Final = 10
+# After a release, each follower tries after a random delay of up to this much per other
+# follower: the first usually wins alone, and its announcement reaches the others (who then drop
+# their attempt) before they send theirs. A lone follower tries at once.
+HANDOFF_SPREAD: Final = 0.0005
+
 # Seconds added to a holder's remaining lease before trying again: late enough to find it
 # expired, spread enough that many followers on one client do not all ask in the same instant.
 _HELD_JITTER = (0.0005, 0.010)
@@ -287,10 +297,16 @@ class ElectionCore:
     """The state of one candidate. Not thread-safe; one event loop drives it."""
 
     def __init__(
-        self, timings: Timings, *, rng: random.Random | None = None, instance_id: str = ""
+        self,
+        timings: Timings,
+        *,
+        rng: random.Random | None = None,
+        instance_id: str = "",
+        priority: int = 0,
     ) -> None:
         self.timings = timings
         self.instance_id = instance_id
+        self.priority = priority
         self._rng = rng or _RNG
         self.phase = Phase.FOLLOWER
         self.term: Term | None = None
@@ -321,6 +337,7 @@ class ElectionCore:
         self.errors_by_kind = dict.fromkeys(ERROR_KINDS, 0)
         self.releases_heard = 0  # releases announced to this follower (notices count more)
         self.wakeups = 0  # releases heard that moved the next attempt earlier
+        self.attempts_dropped = 0  # early attempts given up on hearing of a new term
         # The renewal round trips: a count per LATENCY_BUCKETS bound (and one above), and a sum.
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
@@ -431,8 +448,10 @@ class ElectionCore:
         remaining_ms: int,
         notices_at_send: int | None = None,
         holder_id: str | None = None,
+        top_priority: int | None = None,
     ) -> None:
-        """Someone else holds the lock; sleep until their lease can have expired.
+        """Someone else holds the lock; sleep until their lease can have expired (and a little
+        longer when a candidate of higher priority waits: it goes first).
 
         ``notices_at_send`` is ``notices`` when the acquire was sent: a release announced while it
         was in flight may have come after the store answered, so try again at once.
@@ -449,6 +468,9 @@ class ElectionCore:
             delay = self.timings.retry_interval
         else:
             delay = min(remaining_ms / 1000, self.timings.lock_ttl)
+        behind = self.priority_delay(top_priority)
+        if behind:  # after the whole jitter window of the candidates ahead
+            delay += behind + _HELD_JITTER[1]
         self.next_acquire_at = max(
             now + delay + self._rng.uniform(*_HELD_JITTER), self.held_back_until
         )
@@ -475,21 +497,56 @@ class ElectionCore:
         self.next_acquire_at = max(now + delay, self.held_back_until)
         return delay
 
-    def release_noticed(self, *, now: float, heard: bool = True) -> bool:
+    def priority_delay(self, top_priority: int | None) -> float:
+        """How long to let the candidates of higher priority go first: PRIORITY_STEP per level
+        below ``top_priority`` (the highest waiting), for PRIORITY_LEVELS levels at most."""
+        if top_priority is None or top_priority <= self.priority:
+            return 0.0
+        return PRIORITY_STEP * min(top_priority - self.priority, PRIORITY_LEVELS)
+
+    def release_noticed(
+        self,
+        *,
+        now: float,
+        heard: bool = True,
+        others: int = 0,
+        top_priority: int | None = None,
+    ) -> bool:
         """A release was announced (``heard``), or may have been missed (a resubscription);
         returns True when the next attempt moved earlier.
 
-        During a hold-back the attempt moves to the hold-back's end rather than to ``now``.
+        The attempt comes after the priority delay and a random spread over ``others`` (the
+        other followers the release reached), so that one follower usually tries alone. During
+        a hold-back the attempt moves to the hold-back's end rather than to ``now``.
         """
         if self.phase is not Phase.FOLLOWER:
             return False
         self.notices += 1
         self.releases_heard += heard
-        due = max(now, self.held_back_until)
+        window = HANDOFF_SPREAD * others
+        delay = self._rng.uniform(0.0, window) if window else 0.0
+        behind = self.priority_delay(top_priority)
+        if behind:  # after the whole random window of the candidates ahead
+            delay += behind + window
+        due = max(now + delay, self.held_back_until)
         if due >= self.next_acquire_at:
             return False
         self.next_acquire_at = due
         self.wakeups += heard
+        return True
+
+    def term_announced(self, *, now: float, holder_id: str | None) -> bool:
+        """Another instance (``holder_id``) began a term: an earlier attempt (after a release)
+        would find the lock held, so look again when the new lease can have expired. Returns
+        True when the next attempt moved later."""
+        if self.phase is not Phase.FOLLOWER:
+            return False
+        self.leader_id = holder_id
+        later = now + self.timings.lock_ttl + self._rng.uniform(*_HELD_JITTER)
+        if self.next_acquire_at >= later:
+            return False
+        self.next_acquire_at = max(later, self.held_back_until)
+        self.attempts_dropped += 1
         return True
 
     def backoff(self) -> float:

@@ -144,6 +144,11 @@ class MemoryServer:
         """Always True at once."""
         return True
 
+    def listening(self, channel: str) -> int:
+        """1: each listener stands for a connection of its own (the release's subscriber count
+        counts listeners)."""
+        return 1
+
 
 def _deliver(listeners: set[Listener], message: Message, channel: str) -> None:
     notify(listeners, message, channel)  # isolated: one listener that raises stops no other
@@ -159,6 +164,7 @@ class MemoryStore:
     def __init__(self, server: MemoryServer, config: ElectionConfig) -> None:
         self.server = server
         self._lock, self._info, self._fence = config.lock_key, config.info_key, config.fence_key
+        self._waiting = config.waiting_key
         self._channel = config.release_channel
 
     @property
@@ -182,6 +188,7 @@ class MemoryStore:
         timeout: float,
         check_role: bool = False,
         announce: bool = True,
+        priority: int = 0,
     ) -> AcquireResult:
         """See ``ACQUIRE`` in ``_scripts.py``."""
         s = self.server
@@ -189,7 +196,11 @@ class MemoryStore:
         def script() -> AcquireResult:
             holder = s.get(self._lock)
             if holder and holder not in unknown_tokens:
-                return Held(s.pttl_ms(self._lock), _holder_id(s.get(self._info)))
+                top = s.get(self._waiting)
+                if top is None or priority >= int(top):
+                    s.set(self._waiting, str(priority), 2 * ttl_ms)
+                    top = str(priority)
+                return Held(s.pttl_ms(self._lock), _holder_id(s.get(self._info)), int(top))
             if holder is None and min_uptime_s > 0 and s.uptime < min_uptime_s:
                 return HeldBack((min_uptime_s - s.uptime) * 1000, s.uptime)
             fence = s._counters[self._fence] = s._counters.get(self._fence, 0) + 1
@@ -232,7 +243,9 @@ class MemoryStore:
                 return False
             fence = fencing_token if fencing_token is not None else s._counters.get(self._fence)
             s.delete(self._lock, self._info)
-            s.publish(self._channel, f"R {fence or 0} {instance_id}")
+            subscribers = len(s._listeners.get(self._channel, ()))
+            top = s.get(self._waiting) or ""
+            s.publish(self._channel, f"R {fence or 0} {instance_id} {subscribers} {top}")
             return True
 
         return await s.call("releasing the lock", timeout, script)

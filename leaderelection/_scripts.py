@@ -29,10 +29,29 @@ local function announce(sharded, channel, message)
 end
 """
 
+# Records that a candidate of priority ARGV[p] waits for the lock, in the waiting key (the highest
+# priority waiting, expiring two leases after it last asked), and returns the highest priority
+# waiting (or nil when the server refuses the key: an ACL written for an older version).
+_WAITING = """
+local function waiting(key, priority, ttl_ms)
+  local top = redis.pcall('GET', key)
+  if type(top) == 'table' then
+    return nil
+  end
+  local mine = tonumber(priority)
+  top = tonumber(top)
+  if top == nil or mine >= top then
+    redis.pcall('SET', key, priority, 'PX', 2 * tonumber(ttl_ms))
+    return mine
+  end
+  return top
+end
+"""
+
 NO_INFO: Final = "LEADERELECTION-NOINFO"
 """The error code of an acquire whose server refused INFO (restart protection needs it)."""
 
-# KEYS[1] lock key, KEYS[2] info key, KEYS[3] fence key
+# KEYS[1] lock key, KEYS[2] info key, KEYS[3] fence key, KEYS[4] waiting key
 # ARGV[1] the new term's random token
 # ARGV[2] lease length in milliseconds
 # ARGV[3] the info record as JSON without its closing brace (the script adds the fencing token)
@@ -46,14 +65,17 @@ NO_INFO: Final = "LEADERELECTION-NOINFO"
 # ARGV[7] the election's channel, on which the new term is announced ("A " and the info JSON) for
 #         observers; "" to announce nothing
 # ARGV[8] "1" to announce on the shard channel (Redis Cluster), else ""
+# ARGV[9] the candidate's priority (recorded in the waiting key when the lock is held)
 # Returns {1, fencing token (string), lease ms}         acquired
-#         {0, remaining lease ms, info JSON or false}   held by someone else
+#         {0, remaining lease ms, info JSON or false, highest priority waiting or false}
+#                                                        held by someone else
 #         {2, wait ms, server uptime s}                 held back by restart protection
 #         error LEADERELECTION-NOINFO when the server refuses INFO and restart protection is on
 # The fencing token is max(previous + 1, server time in microseconds), kept as a Redis integer
 # string: Lua numbers are doubles and would print a 16-digit token in exponent form.
 ACQUIRE: Final = (
     _ANNOUNCE
+    + _WAITING
     + """
 if ARGV[6] == '1' then
   local replication = redis.pcall('INFO', 'replication')  -- refused: the writes will tell
@@ -65,7 +87,8 @@ local holder = redis.call('GET', KEYS[1])
 local ours = holder and holder ~= ''
   and string.find(',' .. ARGV[4] .. ',', ',' .. holder .. ',', 1, true)
 if holder and not ours then
-  return {0, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
+  local top = waiting(KEYS[4], ARGV[9], ARGV[2]) or false
+  return {0, redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2]), top}
 end
 local need = tonumber(ARGV[5])
 if not holder and need > 0 then
@@ -114,12 +137,16 @@ end
 return 0
 """
 
-# KEYS[1] lock key, KEYS[2] info key, KEYS[3] fence key
+# KEYS[1] lock key, KEYS[2] info key, KEYS[3] fence key, KEYS[4] waiting key
 # ARGV[1] tokens of ours, comma-separated, ARGV[2] the election's channel, ARGV[3] our instance id
 # ARGV[4] the fencing token of the term released, or "" when the releaser does not know it (an
 #         acquire whose reply was lost): the fence key then holds it, since the acquire that set
 #         the lock to one of our tokens was the last to advance the fence
-# Publishes "R <fencing token> <instance id>".
+# ARGV[5] "1" to announce on the shard channel (Redis Cluster), else ""
+# Publishes "R <fencing token> <instance id> <subscribers> <highest priority waiting>": how many
+# connections subscribe to the channel (-1 when the server refuses PUBSUB) and the waiting key's
+# priority ("" when none), so that the followers spread their attempts and let the highest
+# priority go first.
 # Returns 1 when the lock held one of them and is now deleted (and followers were told), 0 when
 # it held none, {3, error} when it was deleted but the server refused the PUBLISH (an ACL).
 RELEASE: Final = (
@@ -134,7 +161,21 @@ if ours then
     fence = redis.call('GET', KEYS[3]) or '0'
   end
   redis.call('DEL', KEYS[1], KEYS[2])
-  local published = announce(ARGV[5], ARGV[2], 'R ' .. fence .. ' ' .. ARGV[3])
+  local counted = redis.pcall('PUBSUB', ARGV[5] == '1' and 'SHARDNUMSUB' or 'NUMSUB', ARGV[2])
+  if type(counted) ~= 'table' or counted.err then
+    counted = redis.pcall('PUBSUB', 'NUMSUB', ARGV[2])  -- Redis 6.2's cluster: no shard channels
+  end
+  local subscribers = -1
+  if type(counted) == 'table' and not counted.err then
+    subscribers = counted[2]
+  end
+  local top = redis.pcall('GET', KEYS[4])
+  if type(top) ~= 'string' then
+    top = ''
+  end
+  local published = announce(
+    ARGV[5], ARGV[2], 'R ' .. fence .. ' ' .. ARGV[3] .. ' ' .. subscribers .. ' ' .. top
+  )
   if type(published) == 'table' and published.err then
     return {3, published.err}
   end

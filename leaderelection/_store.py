@@ -72,10 +72,14 @@ class Acquired:
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """Someone else holds the lock for ``remaining_ms`` more (negative: no expiry set)."""
+    """Someone else holds the lock for ``remaining_ms`` more (negative: no expiry set).
+
+    ``top_priority`` is the highest priority among the candidates waiting for it (None when
+    unknown)."""
 
     remaining_ms: int
     holder_id: str | None
+    top_priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +122,7 @@ class Store(Protocol):
         timeout: float,
         check_role: bool = False,
         announce: bool = True,
+        priority: int = 0,
     ) -> AcquireResult:
         """Take the lock for a new term if it is free (or holds one of ``unknown_tokens``)."""
         ...
@@ -294,10 +299,12 @@ class RedisStore:
         channel: str,
         clock: Clock | None = None,
         min_replicas: int = 0,
+        waiting_key: str | None = None,
     ) -> None:
         self._client = client
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._keys = (lock_key, info_key, fence_key)
+        self._waiting = waiting_key or fence_key.removesuffix(":fence") + ":waiting"
         self._channel = channel
         self._min_replicas = min_replicas
         # (node, script) pairs this store has run: the server caches the script
@@ -319,6 +326,7 @@ class RedisStore:
             channel=config.release_channel,
             clock=clock,
             min_replicas=config.min_replicas,
+            waiting_key=config.waiting_key,
         )
 
     @property
@@ -475,9 +483,11 @@ class RedisStore:
         timeout: float,
         check_role: bool = False,
         announce: bool = True,
+        priority: int = 0,
     ) -> AcquireResult:
         """Try to take the lock for a new term (see ``ACQUIRE``); a new term is announced on
-        the election's channel unless ``announce`` is False."""
+        the election's channel unless ``announce`` is False. While the lock is held, the
+        candidate's ``priority`` is recorded among those waiting."""
         reply = await self._bounded(
             "acquiring the lock",
             timeout,
@@ -485,8 +495,9 @@ class RedisStore:
                 client,
                 timeout,
                 ACQUIRE,
-                3,
+                4,
                 *self._keys,
+                self._waiting,
                 token,
                 ttl_ms,
                 info_prefix,
@@ -495,6 +506,7 @@ class RedisStore:
                 "1" if check_role and not self._in_process else "0",
                 self._channel if announce else "",
                 "1" if is_cluster(client) else "",
+                priority,
             ),
         )
         acknowledged, wait_ms = None, 0
@@ -507,7 +519,12 @@ class RedisStore:
             return Acquired(fencing_token=int(_text(reply[1])))
         if kind == 2:
             return HeldBack(wait_ms=int(reply[1]), uptime_s=int(reply[2]))
-        return Held(remaining_ms=int(reply[1]), holder_id=_holder_id(reply[2]))
+        top = reply[3] if len(reply) > 3 else None
+        return Held(
+            remaining_ms=int(reply[1]),
+            holder_id=_holder_id(reply[2]),
+            top_priority=int(top) if top not in (None, False) else None,
+        )
 
     async def renew(self, token: str, info_json: str, ttl_ms: int, *, timeout: float) -> bool:
         """Extend our lease; False when the lock is no longer ours (see ``RENEW``)."""
@@ -548,8 +565,9 @@ class RedisStore:
             lambda client: self._script(
                 client,
                 RELEASE,
-                3,
+                4,
                 *self._keys,
+                self._waiting,
                 joined,
                 self._channel,
                 instance_id,

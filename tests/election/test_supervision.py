@@ -40,8 +40,8 @@ class ScriptedClient(fakeredis.FakeAsyncRedis):
 
 
 def _kind(numkeys: int, args: tuple[Any, ...]) -> str:
-    if numkeys == 3:
-        return "acquire" if len(args) == 11 else "release"
+    if numkeys == 4:
+        return "acquire" if len(args) == 13 else "release"
     return "renew" if len(args) == 5 else "read"
 
 

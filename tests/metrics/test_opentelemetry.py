@@ -138,6 +138,7 @@ async def test_instruments_and_spans_follow_a_handoff(
     # Uninstrumented: no more spans, no more observations.
     telemetry.instrumentor.uninstrument()
     assert not telemetry.instrumentor.is_instrumented
+    await clock.advance(config.retry_interval.total_seconds() + 0.1)  # a's hold-back is over
     await b.resign()
     await drive(a.wait_until_leader(), limit=5)
     await clock.advance(config.heartbeat_interval.total_seconds() + 0.1)

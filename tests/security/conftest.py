@@ -32,6 +32,7 @@ ACL_COMMANDS = (
     "info",
     "time",
     "publish",
+    "pubsub",
     "subscribe",
     "unsubscribe",
 )

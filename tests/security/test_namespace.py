@@ -32,7 +32,14 @@ from .conftest import ACL_COMMANDS
 
 # Commands without key arguments, as far as this test meets them (COMMAND GETKEYS refuses them).
 KEYLESS = {"info", "time", "ping", "echo", "hello", "auth", "client", "select"}
-CHANNEL_COMMANDS = {"publish", "subscribe", "unsubscribe", "psubscribe", "punsubscribe"}
+CHANNEL_COMMANDS = {
+    "publish",
+    "subscribe",
+    "unsubscribe",
+    "psubscribe",
+    "punsubscribe",
+    "pubsub",  # PUBSUB NUMSUB <channel>
+}
 # Commands outside the ACL whose refusal costs nothing: connection set-up that redis-py sends on
 # its own and that needs no grant (HELLO, AUTH) or whose refusal it ignores (CLIENT SETINFO), and
 # the PING that start() sends to probe for a cause if its first attempt timed out.
@@ -201,7 +208,7 @@ async def test_a_whole_lifecycle_stays_in_the_elections_namespace(
 ) -> None:
     server = make_redis_server()  # fresh: the first term waits for restart protection
     config = make_config(name)
-    own_keys = {config.lock_key, config.info_key, config.fence_key}
+    own_keys = {config.lock_key, config.info_key, config.fence_key, config.waiting_key}
     observers = Observers(server)
     caller_client = server.client()
     a = LeaderElection(server.url, config)
@@ -238,11 +245,14 @@ async def test_a_whole_lifecycle_stays_in_the_elections_namespace(
         await observers.admin.aclose()
 
     # Keys: every key any command named, every key written, deleted or expired, and every key
-    # left behind is one of the election's three.
+    # left behind is one of the election's four.
     assert command_keys == own_keys
     assert seen.notified_keys <= own_keys
     assert config.lock_key in seen.notified_keys
-    assert remaining == {config.fence_key}  # the fence outlives terms; lock and info were released
+    # The fence outlives terms; lock and info were released; the waiting key (the follower's
+    # priority) expires two leases after it last asked.
+    assert remaining <= {config.fence_key, config.waiting_key}
+    assert config.fence_key in remaining
     if make_config is prefixed:
         namespace = f"{config.key_prefix}:{{{config.name}}}:*"
         assert all(fnmatchcase(key, namespace) for key in command_keys | seen.notified_keys)
@@ -260,13 +270,15 @@ async def test_a_whole_lifecycle_stays_in_the_elections_namespace(
     assert subscribed == {config.release_channel}
     assert not any(argv[0].lower() in {b"psubscribe", b"ssubscribe"} for _, argv in seen.commands)
     assert {channel for channel, _ in seen.published} == {config.release_channel}
-    # Releases announce the fencing token and instance id; new terms the public leader record.
+    # Releases announce the fencing token, the instance id, how many listen and the highest
+    # priority waiting (if any); new terms the public leader record.
     ids = {a.instance_id, b.instance_id}
     for _, data in seen.published:
         kind, _, rest = data.decode().partition(" ")
         if kind == "R":
-            token, _, instance = rest.partition(" ")
-            assert token.isdigit() and instance in ids, data
+            token, instance, listening, top = rest.split(" ")
+            assert token.isdigit() and instance in ids and listening.isdigit(), data
+            assert top == "" or top.lstrip("-").isdigit(), data
         else:
             assert kind == "A" and LeaderInfo.model_validate_json(rest).instance_id in ids, data
 
@@ -275,14 +287,17 @@ async def test_a_whole_lifecycle_stays_in_the_elections_namespace(
     # one client).
     used = {argv[0].decode().lower() for _, argv in seen.commands}
     assert used <= set(ACL_COMMANDS) | TOLERATED, used
-    assert set(ACL_COMMANDS) - {"incr", "unsubscribe"} <= used, used
-    assert {argv[0].decode().lower() for source, argv in seen.commands if source == "lua"} == {
+    # PTTL only when a follower's attempt finds the lock held: here the follower learns of the
+    # new term from its announcement and waits without asking.
+    assert set(ACL_COMMANDS) - {"incr", "unsubscribe", "pttl"} <= used, used
+    in_scripts = {argv[0].decode().lower() for source, argv in seen.commands if source == "lua"}
+    assert in_scripts - {"pttl"} == {
         "get",
         "set",
-        "pttl",
         "pexpire",
         "del",
         "info",
         "time",
         "publish",
+        "pubsub",
     }

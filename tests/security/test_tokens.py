@@ -77,7 +77,8 @@ async def test_lock_token_is_the_one_secrets_made_128_bits_and_never_published(
         assert value not in (a.instance_id, b.instance_id)
     # Each release announced the term's fencing token and the releasing instance's id; each new
     # term, the public leader record. Nothing else.
-    released = [m.decode().split(" ") for m in announced if m.startswith(b"R ")]
+    # "R <fencing token> <instance id> <subscribers> <highest priority waiting>"
+    released = [m.decode().split(" ")[:3] for m in announced if m.startswith(b"R ")]
     started = [m.decode()[2:] for m in announced if m.startswith(b"A ")]
     assert len(released) == len(started) == TERMS + 1
     assert len(announced) == 2 * (TERMS + 1)

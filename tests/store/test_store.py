@@ -131,7 +131,9 @@ async def test_release_only_with_our_token_and_announces_it(
             while message is None:
                 message = await pubsub.get_message(timeout=1.0)
         assert _s(message["channel"]) == config.release_channel
-        assert _s(message["data"]) == f"R {result.fencing_token} me"
+        # The term's fencing token and instance, then how many listen (the test's pubsub: 1)
+        # and the highest priority waiting (none asked while the lock was held: "").
+        assert _s(message["data"]) == f"R {result.fencing_token} me 1 "
     finally:
         await pubsub.aclose()
     assert await store.read_info(timeout=2.0) is None
