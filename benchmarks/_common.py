@@ -17,6 +17,7 @@ import redis
 __all__ = [
     "commandstats",
     "percentile",
+    "redis_cpu_s",
     "rss_bytes",
     "stats_delta",
     "summarize",
@@ -31,6 +32,13 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
         name = key.removeprefix("cmdstat_")
         out[name] = int(value["calls"]) if isinstance(value, dict) else int(value)
     return out
+
+
+def redis_cpu_s(client: redis.Redis) -> float:
+    """The server's CPU time so far, in seconds: ``used_cpu_sys + used_cpu_user`` of ``INFO cpu``
+    (the whole process, every thread)."""
+    raw: dict[str, Any] = client.info("cpu")
+    return float(raw["used_cpu_sys"]) + float(raw["used_cpu_user"])
 
 
 def stats_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

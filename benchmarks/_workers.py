@@ -27,11 +27,16 @@ from leaderelection import ElectionConfig, LeaderElection
 
 __all__ = [
     "election_worker",
+    "herd_worker",
     "idle_worker",
     "library_worker",
     "prl_handoff_worker",
     "prl_load_worker",
 ]
+
+
+# The directory holding the imported ``leaderelection``, left off allocation sites.
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(leaderelection.__file__))) + os.sep
 
 
 def _inbox(conn: Connection) -> asyncio.Queue[tuple[Any, ...]]:
@@ -51,11 +56,11 @@ def _inbox(conn: Connection) -> asyncio.Queue[tuple[Any, ...]]:
     return queue
 
 
-async def _report_terms(conn: Connection, election: LeaderElection) -> None:
-    """Send ``("leader", monotonic time, pid)`` each time ``leader_event`` gets set."""
+async def _report_terms(conn: Connection, election: LeaderElection, *tag: Any) -> None:
+    """Send ``("leader", monotonic time, pid, *tag)`` each time ``leader_event`` gets set."""
     while True:
         await election.leader_event.wait()
-        conn.send(("leader", time.monotonic(), os.getpid()))
+        conn.send(("leader", time.monotonic(), os.getpid(), *tag))
         await election.wait_until_follower()
 
 
@@ -90,6 +95,72 @@ async def _election_worker(conn: Connection, url: str, config_fields: dict[str, 
     finally:
         await client.aclose()
     conn.send(("stopped",))
+
+
+def herd_worker(
+    conn: Connection, url: str, config_fields: dict[str, Any], indexes: list[int]
+) -> None:
+    """Candidates ``indexes`` of one election in this process, each on its own client.
+
+    They start one after another, in the order given. Replies ``("ready", {index: is_leader},
+    pid)`` once all are started, ``("leader", t, pid, index)`` whenever one becomes leader,
+    ``("resigned", index, t_before_resign, t_after_resign)`` after ``("resign", index)``,
+    ``("counters", {...}, cpu_s)`` (their statistics, added up, and this process's CPU time) on
+    ``("report",)``.
+    """
+    asyncio.run(_herd_worker(conn, url, config_fields, indexes))
+
+
+async def _herd_worker(
+    conn: Connection, url: str, config_fields: dict[str, Any], indexes: list[int]
+) -> None:
+    inbox = _inbox(conn)
+    config = ElectionConfig(**config_fields)
+    clients: list[aioredis.Redis] = []
+    elections: dict[int, LeaderElection] = {}
+    watchers: list[asyncio.Task[None]] = []
+    try:
+        for index in indexes:
+            client = aioredis.Redis.from_url(url)
+            clients.append(client)
+            election = LeaderElection(client, config)
+            await election.start()
+            elections[index] = election
+            watchers.append(asyncio.create_task(_report_terms(conn, election, index)))
+        conn.send(("ready", {i: e.is_leader for i, e in elections.items()}, os.getpid()))
+        while (command := await inbox.get())[0] != "stop":
+            if command[0] == "resign":
+                index = command[1]
+                before = time.monotonic()
+                await elections[index].resign()
+                conn.send(("resigned", index, before, time.monotonic()))
+            elif command[0] == "report":
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                counters = _counters(elections.values())
+                conn.send(("counters", counters, usage.ru_utime + usage.ru_stime))
+        for watcher in watchers:
+            watcher.cancel()
+        for election in elections.values():
+            await election.stop()
+    finally:
+        for client in clients:
+            await client.aclose()
+    conn.send(("stopped",))
+
+
+def _counters(elections: Any) -> dict[str, int]:
+    """The statistics of ``elections`` that explain a herd's traffic, added up."""
+    out: collections.Counter[str] = collections.Counter()
+    for election in elections:
+        st = election.statistics()
+        out["acquire_attempts"] += st.acquire_attempts
+        out["renewals"] += st.renewals
+        out["terms_won"] += st.terms_won
+        out["release_notices"] += st.release_notices
+        out["follower_wakeups"] += st.follower_wakeups
+        for result, count in st.acquire_results.items():
+            out[f"acquire_{result}"] += count
+    return dict(out)
 
 
 def prl_handoff_worker(
@@ -223,7 +294,7 @@ async def _idle(url: str, name: str, count: int, window_s: float, trace: bool) -
         snap1 = tracemalloc.take_snapshot()
         for stat in snap1.compare_to(snap0, "lineno")[:12]:
             frame = stat.traceback[0]
-            where = frame.filename.split("site-packages/")[-1].split("/work/main/")[-1]
+            where = frame.filename.split("site-packages/")[-1].removeprefix(_CHECKOUT)
             top.append(f"{stat.size_diff / count:8.0f} B/candidate  {where}:{frame.lineno}")
     followers = sum(1 for e in elections if not e.is_leader)
     pool = client.connection_pool
@@ -271,6 +342,10 @@ async def _idle(url: str, name: str, count: int, window_s: float, trace: bool) -
     stop_s = time.monotonic() - stop_started
     del prl_locks
     sync.delete(config.lock_key)
+    # The redis-py locks' keys (600 s leases) would outlive this worker: drop them.
+    names = [lock.name for lock in locks]
+    for at in range(0, len(names), 1000):
+        sync.delete(*names[at : at + 1000])
     await client.aclose()
     sync.close()
     if trace:

@@ -2,11 +2,12 @@
 
 Usage::
 
-    python benchmarks/run.py [--quick] [--json FILE]
+    python benchmarks/run.py [--quick] [--only 7,8] [--json FILE] [--charts DIR]
 
 It starts its own ``redis-server`` with the test suite's harness (``tests/redis_harness.py``: the
 binary ``find_redis_server`` finds, a free loopback port, persistence off), measures the figures
-of DESIGN.md's "Performance" section, prints them beside their targets with PASS/MISS, and kills
+of DESIGN.md's "Performance" section and the scale figures after them (a herd of followers, a
+rolling deploy, 10,000 idle candidates), prints them beside their targets with PASS/MISS, and kills
 the server at the end. See benchmarks/README.md for what each figure means.
 """
 
@@ -56,7 +57,7 @@ if str(ROOT) not in sys.path:
 import _workers  # noqa: E402
 import redis  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
-from _common import commandstats, stats_delta, summarize  # noqa: E402
+from _common import commandstats, redis_cpu_s, stats_delta, summarize  # noqa: E402
 
 import leaderelection  # noqa: E402
 from leaderelection import ElectionConfig, LeaderElection  # noqa: E402
@@ -86,10 +87,27 @@ class Plan:
     idle_candidates: int = 1000
     load_candidates: int = 100
     warmup: int = 20
+    herd_followers: tuple[int, ...] = (1, 10, 50, 100)
+    herd_handoffs: int = 40
+    deploy_runs: int = 10
+    big_idle_candidates: int = 10_000
 
 
 FULL = Plan(2000, 300, 200, 25, 60.0, 30.0, 15.0)
-QUICK = Plan(1000, 100, 60, 8, 20.0, 12.0, 6.0)
+QUICK = Plan(
+    1000,
+    100,
+    60,
+    8,
+    20.0,
+    12.0,
+    6.0,
+    herd_followers=(1, 10, 50),
+    herd_handoffs=20,
+    deploy_runs=2,
+    big_idle_candidates=2_000,
+)
+FIGURES = range(1, 10)
 
 
 @dataclass
@@ -660,7 +678,12 @@ def figure_load(report: Report) -> None:
 # ----------------------------------------------------------------------- 6. idle candidates
 
 
-def bench_idle(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> dict[str, Any]:
+def bench_idle(
+    ctx: ForkServerContext, server: RedisServer, plan: Plan, count: int | None = None
+) -> dict[str, Any]:
+    """``count`` idle candidates (figure 6: ``plan.idle_candidates``) in a fresh process, twice:
+    RSS and CPU, then tracemalloc."""
+    count = plan.idle_candidates if count is None else count
     results = {}
     for trace in (False, True):
         worker = Worker(
@@ -669,25 +692,29 @@ def bench_idle(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> dict[
             server.url,
             f"bench-idle-{secrets.token_hex(3)}",
             {
-                "count": plan.idle_candidates,
+                "count": count,
                 "window_s": 0.0 if trace else plan.idle_window_s,
                 "trace": trace,
             },
         )
         try:
-            results["traced" if trace else "rss"] = worker.expect("result", 300)[1]
+            results["traced" if trace else "rss"] = worker.expect("result", 300 * count / 1000)[1]
         finally:
             worker.kill()
     return results
 
 
 def figure_idle(report: Report) -> None:
-    idle = report.data["idle"]
+    idle_rows(report, report.data["idle"], "6")
+
+
+def idle_rows(report: Report, idle: dict[str, Any], number: str) -> None:
+    """The rows of an idle-candidates figure (6 and 9)."""
     rss, traced = idle["rss"], idle["traced"]
     n = rss["count"]
     kb = traced["traced_per_candidate_b"] / 1024
     report.add(
-        f"6. {n} idle candidates, one client: memory (tracemalloc)",
+        f"{number}. {n} idle candidates, one client: memory (tracemalloc)",
         f"{kb:.2f} KB per candidate",
         "< 10 KB",
         kb < 10,
@@ -700,7 +727,7 @@ def figure_idle(report: Report) -> None:
     report.add(
         f"   CPU over {cpu['window_s']:.0f}s idle",
         f"{per:.3f} us/s per candidate ({share:.3f}% of a core for all {n})",
-        "near zero (< 10 us/s each, < 1% core)",
+        f"near zero (< 10 us/s each, < {n / 1000:g}% core)",
         per < 10,
     )
     cmds = sum(rss["idle_commands"].values()) / cpu["window_s"]
@@ -710,6 +737,294 @@ def figure_idle(report: Report) -> None:
         f"{traced['redis_py_lock_traced_b'] / 1024:.2f} KB / "
         f"{traced['prl_lock_traced_b'] / 1024:.2f} KB per lock (tracemalloc)",
     )
+
+
+# ------------------------------------------------------------------------------- 7. the herd
+
+HERD_PROCESSES = 10  # worker processes the candidates are spread over (fewer for fewer)
+HERD_SETTLE_S = 0.25  # pause after each handoff: the herd's answers and the resigner's retry
+HERD_IDLE_S = 2.0  # window for Redis's idle CPU, subtracted from the handoffs' CPU
+# No lease expires during a run; retry_interval is how long a resigned leader sits out.
+HERD_TIMINGS = {"lock_ttl": 10, "heartbeat_interval": 3, "retry_interval": 0.05}
+
+
+def bench_herd_one(
+    ctx: ForkServerContext, server: RedisServer, followers: int, handoffs: int
+) -> dict[str, Any]:
+    """One leader and ``followers`` followers, each on its own client, in up to 10 processes;
+    the leader resigns ``handoffs`` times, each time after the previous handoff settled."""
+    fields = {"name": f"bench-herd-{followers}-{secrets.token_hex(3)}", **HERD_TIMINGS}
+    candidates = followers + 1
+    processes = min(HERD_PROCESSES, candidates)
+    # Candidate i lives in process i % processes; process 0 starts candidate 0 first, so it leads.
+    groups = [list(range(p, candidates, processes)) for p in range(processes)]
+    sync = server.sync_client(socket_timeout=10)
+    workers: list[Worker] = []
+    samples, resign_calls, winners = [], [], []
+    same_process = 0
+    try:
+        first = Worker(ctx, _workers.herd_worker, server.url, fields, groups[0])
+        workers.append(first)
+        ready: dict[int, bool] = dict(first.expect("ready", 120)[1])
+        if first.expect("leader", 10)[3] != 0:
+            raise RuntimeError("the herd's first candidate did not lead")
+        others = [Worker(ctx, _workers.herd_worker, server.url, fields, g) for g in groups[1:]]
+        workers.extend(others)
+        for worker in others:
+            ready.update(worker.expect("ready", 120)[1])
+        if [i for i, leads in ready.items() if leads] != [0] or len(ready) != candidates:
+            raise RuntimeError(f"expected candidate 0 alone to lead, got {ready}")
+        owner = {i: w for w, group in zip(workers, groups, strict=True) for i in group}
+        time.sleep(0.5)  # each follower's second look, once its subscription is live, is done
+
+        cpu_a, idle_a = redis_cpu_s(sync), time.monotonic()
+        time.sleep(HERD_IDLE_S)
+        idle_rate = (redis_cpu_s(sync) - cpu_a) / (time.monotonic() - idle_a)
+
+        for worker in workers:
+            worker.send("report")
+        reports0 = [w.expect("counters") for w in workers]
+        stats0, cpu0, t0 = commandstats(sync), redis_cpu_s(sync), time.monotonic()
+        leader = 0
+        for _ in range(handoffs):
+            worker = owner[leader]
+            worker.send("resign", leader)
+            _, _, before, after = worker.expect("resigned", 30)
+            new_worker, message = expect_any(workers, "leader", 30)
+            _, became, _, new_leader = message
+            if new_leader == leader:
+                raise RuntimeError("the resigned leader won again within its hold-back")
+            samples.append(became - before)
+            resign_calls.append(after - before)
+            same_process += new_worker is worker
+            winners.append(new_leader)
+            time.sleep(HERD_SETTLE_S)
+            leader = new_leader
+        t1, cpu1 = time.monotonic(), redis_cpu_s(sync)
+        delta = stats_delta(stats0, commandstats(sync))
+        for worker in workers:
+            worker.send("report")
+        reports1 = [w.expect("counters") for w in workers]
+        extra_terms = 0
+        for worker in workers:
+            worker.pump()
+            while worker.take("leader") is not None:
+                extra_terms += 1
+        if extra_terms:
+            raise RuntimeError(f"{extra_terms} terms began that no handoff accounts for")
+        for worker in workers:
+            worker.send("stop")
+        for worker in workers:
+            worker.expect("stopped", 30)
+    finally:
+        for worker in workers:
+            worker.kill()
+        sync.close()
+
+    # The window's INFO calls: the benchmark's own three (commandstats at the start, cpu at both
+    # ends), the rest from the acquire script (restart protection reads the uptime whenever it
+    # finds the lock free).
+    in_script_info = delta.pop("info", 0) - 3
+    counters = {
+        key: sum(r[1].get(key, 0) for r in reports1) - sum(r[1].get(key, 0) for r in reports0)
+        for key in sorted({k for r in reports1 for k in r[1]})
+    }
+    client_cpu = sum(r[2] for r in reports1) - sum(r[2] for r in reports0)
+    window = t1 - t0
+    scripts = delta.get("evalsha", 0) + delta.get("eval", 0)
+    cpu = cpu1 - cpu0
+    return {
+        "followers": followers,
+        "candidates": candidates,
+        "processes": processes,
+        "handoffs": handoffs,
+        "window_s": window,
+        "handoff": summarize(samples),
+        "resign_call": summarize(resign_calls),
+        "samples_ms": [round(v * 1000, 3) for v in samples],
+        "scripts": scripts,
+        "scripts_per_handoff": scripts / handoffs,
+        "commands": delta,
+        "commands_per_handoff": sum(delta.values()) / handoffs,
+        "info_in_scripts": in_script_info,
+        "redis_cpu_s": cpu,
+        "redis_idle_cpu_per_s": idle_rate,
+        "redis_cpu_ms_per_handoff": cpu / handoffs * 1000,
+        "redis_cpu_ms_per_handoff_less_idle": (cpu - idle_rate * window) / handoffs * 1000,
+        "client_cpu_s": client_cpu,
+        "client_cpu_ms_per_handoff": client_cpu / handoffs * 1000,
+        "winner_in_resigners_process": same_process,
+        "distinct_winners": len(set(winners)),
+        "candidate_counters": counters,
+    }
+
+
+def bench_herd(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> dict[str, Any]:
+    runs = []
+    for followers in plan.herd_followers:
+        log(f"7. herd: 1 leader + {followers} followers, {plan.herd_handoffs} handoffs")
+        runs.append(bench_herd_one(ctx, server, followers, plan.herd_handoffs))
+    return {
+        "timings": HERD_TIMINGS,
+        "settle_s": HERD_SETTLE_S,
+        "runs": runs,
+    }
+
+
+def figure_herd(report: Report) -> None:
+    herd = report.data["herd"]
+    runs = herd["runs"]
+    handoffs = runs[0]["handoffs"]
+    report.add(
+        f"7. herd: leader resigns, F followers race ({handoffs} handoffs each, own clients)",
+        "per handoff: scripts, CPU; resign() -> next leader_event",
+    )
+    for run in runs:
+        s = run["handoff"]
+        report.add(
+            f"   F={run['followers']:<3} ({run['processes']} processes)",
+            f"{run['scripts_per_handoff']:.1f} scripts, Redis "
+            f"{run['redis_cpu_ms_per_handoff']:.2f} ms CPU "
+            f"({run['redis_cpu_ms_per_handoff_less_idle']:.2f} net of idle), clients "
+            f"{run['client_cpu_ms_per_handoff']:.1f} ms CPU; {dist(s, ('p50', 'p90', 'max'))}",
+        )
+    one = next((r for r in runs if r["followers"] == 1), None)
+    big = max(runs, key=lambda r: r["followers"])
+    if big["followers"] > 1:
+        f = big["followers"]
+        report.add(
+            f"   F={f}: scripts per handoff",
+            f"{big['scripts_per_handoff']:.1f}",
+            "<= 4",
+            big["scripts_per_handoff"] <= 4.0,
+        )
+        if one is not None:
+            ratio = big["handoff"]["p50_ms"] / one["handoff"]["p50_ms"]
+            report.add(
+                f"   F={f}: handoff p50 against F=1",
+                f"{ratio:.2f}x ({ms(big['handoff']['p50_ms'])} / {ms(one['handoff']['p50_ms'])})",
+                "<= 2x the 1-follower p50",
+                ratio <= 2.0,
+            )
+
+
+# ----------------------------------------------------------------------- 8. rolling deploy
+
+DEPLOY_SIZE = 6
+DEPLOY_TIMINGS = {"lock_ttl": 2, "heartbeat_interval": 0.6}  # retry_interval: the default
+
+
+def deploy_once(ctx: ForkServerContext, server: RedisServer, with_priority: bool) -> dict[str, Any]:
+    """Six candidates, each in its own process, restarted oldest first; every term start is
+    reported by its process, so each change of leader is seen."""
+    base = {"name": f"bench-deploy-{secrets.token_hex(3)}", **DEPLOY_TIMINGS}
+    old_fields = {**base, "priority": 0}
+    new_fields = {**base, "priority": 1 if with_priority else 0}
+    slots: list[Worker] = []
+    names: dict[int, str] = {}  # pid -> "old 3" / "new 3"
+    retired: list[Worker] = []
+    stop_sent: dict[int, float] = {}  # pid -> when the driver asked it to stop
+    try:
+        for i in range(DEPLOY_SIZE):
+            worker = Worker(ctx, _workers.election_worker, server.url, old_fields)
+            slots.append(worker)
+            names[worker.pid] = f"old {i}"
+            if worker.expect("ready", 30)[1] != (i == 0):
+                raise RuntimeError("the first deploy candidate alone should lead at the start")
+        slots[0].expect("leader", 10)
+        time.sleep(0.3)
+        started = time.monotonic()
+        for i in range(DEPLOY_SIZE):
+            old = slots[i]
+            stop_sent[old.pid] = time.monotonic()
+            old.send("stop")
+            old.expect("stopped", 30)
+            retired.append(old)
+            new = Worker(ctx, _workers.election_worker, server.url, new_fields)
+            names[new.pid] = f"new {i}"
+            new.expect("ready", 30)  # running, its first attempt made
+            slots[i] = new
+        finished = time.monotonic()
+        time.sleep(0.5)  # a move the last restart started shows up
+        terms: list[tuple[float, int]] = []
+        for worker in (*retired, *slots):
+            worker.pump()
+            while (message := worker.take("leader")) is not None:
+                terms.append((message[1], message[2]))
+        for worker in slots:
+            worker.send("stop")
+        for worker in slots:
+            worker.expect("stopped", 30)
+    finally:
+        for worker in (*retired, *slots):
+            worker.kill()
+    terms.sort()
+    timeline = []
+    moves = 0
+    leaderless = 0.0
+    previous: int | None = None
+    for at, pid in terms:
+        if at < started:
+            previous = pid
+            continue
+        if pid != previous:
+            moves += 1
+            if previous is not None and previous in stop_sent:
+                leaderless += at - stop_sent[previous]
+        timeline.append((round(at - started, 4), names[pid]))
+        previous = pid
+    return {
+        "moves": moves,
+        "leaderless_s": leaderless,
+        "deploy_s": finished - started,
+        "final_leader": names[previous] if previous is not None else None,
+        "timeline": timeline,
+    }
+
+
+def bench_deploy(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> dict[str, Any]:
+    results: dict[str, list[dict[str, Any]]] = {"no_priority": [], "priority": []}
+    for run in range(plan.deploy_runs):
+        for variant, runs in results.items():  # interleaved: drift affects both alike
+            log(f"8. rolling deploy {run + 1}/{plan.deploy_runs}, {variant.replace('_', ' ')}")
+            runs.append(deploy_once(ctx, server, variant == "priority"))
+    return {
+        "candidates": DEPLOY_SIZE,
+        "timings": {
+            key: ElectionConfig(**DEPLOY_TIMINGS).model_dump()[key].total_seconds()
+            for key in ("lock_ttl", "heartbeat_interval", "retry_interval")
+        },
+        "order": "oldest first: stop the old instance, start its replacement, wait for ready",
+        "runs": results,
+    }
+
+
+def figure_deploy(report: Report) -> None:
+    deploy = report.data["deploy"]
+    runs = deploy["runs"]
+    report.add(
+        f"8. rolling deploy of {deploy['candidates']}, oldest first, lock_ttl 2s "
+        f"(n={len(runs['no_priority'])} each)",
+        "leadership moves per deploy: mean (min, max); time without a leader",
+    )
+    for variant, label in (
+        ("no_priority", "all priority 0"),
+        ("priority", "replacements priority 1"),
+    ):
+        moves = [r["moves"] for r in runs[variant]]
+        gap = sum(r["leaderless_s"] for r in runs[variant]) / len(moves) * 1000
+        report.add(
+            f"   {label}",
+            f"{sum(moves) / len(moves):.1f} moves (min {min(moves)}, max {max(moves)}); "
+            f"{ms(gap)} leaderless per deploy",
+        )
+
+
+# ------------------------------------------------------------------- 9. 10,000 idle candidates
+
+
+def figure_big_idle(report: Report) -> None:
+    idle_rows(report, report.data["idle_big"], "9")
 
 
 # ------------------------------------------------------------------------------- driver
@@ -780,13 +1095,183 @@ def start_forkserver() -> ForkServerContext:
     return ctx
 
 
+# --------------------------------------------------------------------------------- charts
+
+
+def write_charts(report: Report, directory: Path) -> list[str]:
+    """Draw ``herd.png`` (figure 7) and ``peers.png`` (figures 2 and 3) into ``directory``, from
+    this run's figures; returns a line per chart, drawn or not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    data = report.data
+    meta = data["meta"]
+    footer = (
+        f"leaderelection {meta['leaderelection']} ({meta['library']}), Redis "
+        f"{meta['redis_server']}, redis-py {meta['redis_py']}, Python {meta['python']}, "
+        f"{meta['cpus']} CPUs, loopback; {meta['mode']} run"
+    )
+    lines = []
+
+    if "herd" in data:
+        runs = data["herd"]["runs"]
+        x = [r["followers"] for r in runs]
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        ax.plot(x, [r["handoff"]["p50_ms"] for r in runs], "o-", color="C0", label="handoff p50")
+        ax.plot(
+            x,
+            [r["handoff"]["p90_ms"] for r in runs],
+            "s--",
+            color="C0",
+            alpha=0.6,
+            label="handoff p90",
+        )
+        one = next((r for r in runs if r["followers"] == 1), None)
+        if one is not None:
+            ax.axhline(
+                2 * one["handoff"]["p50_ms"],
+                color="C0",
+                lw=0.8,
+                ls=":",
+                label="target: p50 <= 2x the 1-follower p50",
+            )
+        ax.set_xscale("log")
+        ax.set_xticks(x, [str(v) for v in x])
+        ax.minorticks_off()
+        ax.set_xlabel("followers waiting (each on its own client)")
+        ax.set_ylabel("resign() -> next leader_event (ms)")
+        ax.set_ylim(bottom=0)
+        scripts = ax.twinx()
+        scripts.plot(
+            x,
+            [r["scripts_per_handoff"] for r in runs],
+            "d-",
+            color="C3",
+            label="Lua scripts per handoff",
+        )
+        scripts.axhline(4, color="C3", lw=0.8, ls=":", label="target: <= 4 scripts (100 followers)")
+        scripts.set_ylabel("Lua scripts Redis ran per handoff", color="C3")
+        scripts.set_ylim(bottom=0)
+        handles = ax.get_legend_handles_labels()
+        more = scripts.get_legend_handles_labels()
+        ax.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left", fontsize=8)
+        ax.set_title(
+            f"Figure 7, the herd: one election, {data['herd']['runs'][0]['handoffs']} "
+            "handoffs per point",
+            fontsize=10,
+        )
+        fig.text(0.01, 0.01, footer, fontsize=6.5, color="0.4")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        path = directory / "herd.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        lines.append(f"chart written to {path}")
+    else:
+        lines.append("herd.png not drawn: figure 7 was not run")
+
+    if all(k in data for k in ("election", "redis_py_lock", "handoff", "handoff_prl")):
+        keys = ("p50", "p90", "p99")
+        panels = (
+            (
+                "Figure 2: enter -> leader, uncontended",
+                ("leaderelection\n`async with`", data["election"]["ping"]),
+                ("redis-py asyncio\nLock.acquire", data["redis_py_lock"]),
+            ),
+            (
+                "Figure 3: graceful handoff between 2 processes",
+                ("leaderelection\nresign() -> leader_event", data["handoff"]["handoff"]),
+                ("python-redis-lock\nrelease -> acquire", data["handoff_prl"]["handoff"]),
+            ),
+        )
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.3))
+        width = 0.38
+        for ax, (title, ours, peer) in zip(axes, panels, strict=True):
+            for offset, (label, dist_ms), color in (
+                (-width / 2, ours, "C0"),
+                (width / 2, peer, "C7"),
+            ):
+                values = [dist_ms[f"{k}_ms"] for k in keys]
+                positions = [i + offset for i in range(len(keys))]
+                bars = ax.bar(positions, values, width, label=label, color=color)
+                ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=2)
+            if "evalsha" in data and title.startswith("Figure 2"):
+                ax.axhline(
+                    data["evalsha"]["p50_ms"], color="C3", lw=0.8, ls=":", label="raw EVALSHA p50"
+                )
+            ax.set_xticks(range(len(keys)), list(keys))
+            ax.set_ylabel("ms")
+            ax.set_title(title, fontsize=10)
+            ax.legend(fontsize=7.5, loc="upper left")
+            ax.margins(y=0.15)
+        fig.text(0.01, 0.01, footer, fontsize=6.5, color="0.4")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        path = directory / "peers.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        lines.append(f"chart written to {path}")
+    else:
+        lines.append("peers.png not drawn: figures 2 and 3 were not both run")
+    return lines
+
+
+# lock_ttl of each figure whose elections a young server's restart protection would hold back
+# (2, 3 and 5 use 10 s, 4 uses 1 s: see their functions).
+LEASE_S = {
+    2: 10.0,
+    3: 10.0,
+    4: 1.0,
+    5: 10.0,
+    7: float(HERD_TIMINGS["lock_ttl"]),
+    8: float(DEPLOY_TIMINGS["lock_ttl"]),
+}
+
+
+def parse_only(text: str | None) -> list[int]:
+    """The figures ``--only`` names (``"7,8"``, ``"2-4"``), all of them without it."""
+    if not text:
+        return list(FIGURES)
+    chosen: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a figure number or range: {part!r}") from None
+        if low not in FIGURES or high not in FIGURES or low > high:
+            raise argparse.ArgumentTypeError(f"figures are {FIGURES[0]} to {FIGURES[-1]}: {part!r}")
+        chosen.update(range(low, high + 1))
+    return sorted(chosen)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, shorter windows")
+    parser.add_argument(
+        "--only",
+        metavar="LIST",
+        help="run only these figures, e.g. 7,8 or 2-4 (figure 2 brings figure 1, its yardstick)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument(
+        "--charts",
+        metavar="DIR",
+        help="also draw herd.png (figure 7) and peers.png (figures 2 and 3) into DIR",
+    )
     args = parser.parse_args(argv)
+    try:
+        figures = parse_only(args.only)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    if 2 in figures and 1 not in figures:
+        figures = [1, *figures]  # figure 2 is read against the raw round trip
     plan = QUICK if args.quick else FULL
     run_started = time.monotonic()
+
+    def wanted(*numbers: int) -> bool:
+        return any(n in figures for n in numbers)
 
     ctx = start_forkserver()
     report = Report()
@@ -799,6 +1284,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"redis-server {version} on 127.0.0.1:{server.port} ({server.binary})")
         report.data["meta"] = {
             "mode": "quick" if args.quick else "full",
+            "figures": figures,
             "plan": asdict(plan),
             "python": platform.python_version(),
             "redis_py": redis.__version__,
@@ -811,51 +1297,76 @@ def main(argv: list[str] | None = None) -> int:
             "library": library_source(),
         }
         gc.collect()
-        log("1. raw EVALSHA")
-        raw = asyncio.run(bench_evalsha(server, plan, report))
-        log("2. redis-py Lock reference")
-        report.data["redis_py_lock"] = asyncio.run(bench_redis_py_lock(server, plan))
-        # python-redis-lock needs no uptime: measure it while the server's uptime grows.
-        log("3. python-redis-lock handoff")
-        report.data["handoff_prl"] = bench_handoff_prl(ctx, server, plan)
+        raw = math.nan
+        if wanted(1):
+            log("1. raw EVALSHA")
+            raw = asyncio.run(bench_evalsha(server, plan, report))
+        if wanted(2):
+            log("2. redis-py Lock reference")
+            report.data["redis_py_lock"] = asyncio.run(bench_redis_py_lock(server, plan))
+        # python-redis-lock and the idle candidates of figure 9 (the lock held by a key the
+        # benchmark sets) need no uptime: measure them while the server's uptime grows.
+        if wanted(3):
+            log("3. python-redis-lock handoff")
+            report.data["handoff_prl"] = bench_handoff_prl(ctx, server, plan)
+        if wanted(9):
+            log(f"9. {plan.big_idle_candidates} idle candidates")
+            report.data["idle_big"] = bench_idle(ctx, server, plan, plan.big_idle_candidates)
 
-        bound = math.ceil(ElectionConfig().lock_ttl.total_seconds()) + 1
-        waited = server.wait_uptime_above(bound)
-        note = (
-            f"restart protection: waited {waited:.1f}s more (polling INFO) until the server's "
-            f"uptime_in_seconds > ceil(lock_ttl)+1 = {bound} (default lock_ttl) before the "
-            "first election; every election starts on a fresh name (fence key missing); in 6 "
-            "the lock is held by a key the benchmark sets (PX 600s) instead of by a leader"
-        )
-        report.notes.append(note)
-        log(note)
+        leases = [LEASE_S[n] for n in figures if n in LEASE_S]
+        if leases:
+            bound = math.ceil(max(leases)) + 1
+            waited = server.wait_uptime_above(bound)
+            note = (
+                f"restart protection: waited {waited:.1f}s more (polling INFO) until the server's "
+                f"uptime_in_seconds > ceil(lock_ttl)+1 = {bound} (longest lock_ttl of the figures "
+                "run) before the first election; every election starts on a fresh name (fence "
+                "key missing); in 6 and 9 the lock is held by a key the benchmark sets (PX 600s) "
+                "instead of by a leader"
+            )
+            report.notes.append(note)
+            log(note)
 
-        asyncio.run(figure_election(server, plan, report, raw))
-        log("3. election handoff")
-        report.data["handoff"] = bench_handoff_election(ctx, server, plan)
-        figure_handoff(report)
-        log("4. crash failover")
-        report.data["failover"] = bench_failover(ctx, server, plan)
-        figure_failover(report)
-        log(f"5. Redis load, leaderelection ({plan.load_window_s:.0f}s)")
-        report.data["load"] = asyncio.run(bench_load(server, plan))
-        log(f"5. Redis load, python-redis-lock ({plan.prl_load_window_s:.0f}s)")
-        report.data["load_prl"] = bench_load_prl(ctx, server, plan)
-        figure_load(report)
-        log(f"6. {plan.idle_candidates} idle candidates")
-        report.data["idle"] = bench_idle(ctx, server, plan)
-        figure_idle(report)
+        if wanted(2):
+            asyncio.run(figure_election(server, plan, report, raw))
+        if wanted(3):
+            log("3. election handoff")
+            report.data["handoff"] = bench_handoff_election(ctx, server, plan)
+            figure_handoff(report)
+        if wanted(4):
+            log("4. crash failover")
+            report.data["failover"] = bench_failover(ctx, server, plan)
+            figure_failover(report)
+        if wanted(5):
+            log(f"5. Redis load, leaderelection ({plan.load_window_s:.0f}s)")
+            report.data["load"] = asyncio.run(bench_load(server, plan))
+            log(f"5. Redis load, python-redis-lock ({plan.prl_load_window_s:.0f}s)")
+            report.data["load_prl"] = bench_load_prl(ctx, server, plan)
+            figure_load(report)
+        if wanted(6):
+            log(f"6. {plan.idle_candidates} idle candidates")
+            report.data["idle"] = bench_idle(ctx, server, plan)
+            figure_idle(report)
+        if wanted(7):
+            report.data["herd"] = bench_herd(ctx, server, plan)
+            figure_herd(report)
+        if wanted(8):
+            report.data["deploy"] = bench_deploy(ctx, server, plan)
+            figure_deploy(report)
+        if wanted(9):
+            figure_big_idle(report)
     finally:
         server.close()
 
     elapsed = time.monotonic() - run_started
     report.data["meta"]["elapsed_s"] = elapsed
     meta = report.data["meta"]
+    chosen = "" if len(figures) == len(FIGURES) else f" of figures {','.join(map(str, figures))}"
     print()
     print(
         f"leaderelection {meta['leaderelection']} ({meta['library']}), Python {meta['python']}, "
         f"redis-py {meta['redis_py']} (hiredis {meta['hiredis']}), Redis {meta['redis_server']}, "
-        f"{meta['cpus']} CPUs, {meta['mode']} run in {elapsed:.0f}s"
+        f"{meta['cpus']} CPUs, {meta['mode']} run{chosen} in {elapsed:.0f}s"
     )
     print()
     print_table(report)
@@ -866,6 +1377,9 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"rows": [asdict(r) for r in report.rows], "notes": report.notes, **report.data}
         Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
         print(f"JSON written to {args.json}")
+    if args.charts:
+        for line in write_charts(report, Path(args.charts)):
+            print(line)
     return 0
 
 
