@@ -58,6 +58,15 @@ __all__ = [
 
 logger = logging.getLogger("leaderelection")
 
+# Pools (and connections) whose settings a pool of the subscription's own can copy: redis-py's,
+# not Sentinel's (which finds the master itself) nor a test double's.
+_PLAIN_POOLS: Final = (redis.asyncio.ConnectionPool, redis.asyncio.BlockingConnectionPool)
+_PLAIN_CONNECTIONS: Final = (
+    redis.asyncio.Connection,
+    redis.asyncio.SSLConnection,
+    redis.asyncio.UnixDomainSocketConnection,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Announced:
@@ -343,24 +352,37 @@ class ChannelHub:
             async with asyncio.timeout(2.0):
                 await client.nodes_manager.initialize()
 
-    async def _open(self) -> tuple[Any, Any]:
-        """A pub/sub of the channels' server, and the client to close with it (or None).
+    async def _open(self) -> tuple[Any, Any, bool]:
+        """A pub/sub of the channels' server, the client to close with it (or None), and whether
+        the server is in a Redis Cluster.
 
         On a cluster: a connection of its own to the node that owns the channels' slot."""
         client = await resolve_client(self._client)
         if not is_cluster(client):
-            return client.pubsub(), None
+            pool: Any = getattr(client, "connection_pool", None)
+            if type(pool) in _PLAIN_POOLS and pool.connection_class in _PLAIN_CONNECTIONS:
+                # A pool of its own: closing the subscription disconnects its connection, and in
+                # the client's pool that dead connection would cost the next command a reconnect.
+                own = redis.asyncio.Redis(
+                    connection_pool=redis.asyncio.ConnectionPool(
+                        connection_class=pool.connection_class, **pool.connection_kwargs
+                    )
+                )
+                return own.pubsub(), own, False
+            return client.pubsub(), None, False  # Sentinel's pool finds the master itself
         node = client.get_node_from_key(next(iter(self._listeners)))
         own = redis.asyncio.Redis(
             connection_pool=redis.asyncio.ConnectionPool(
                 connection_class=node.connection_class, **node.connection_kwargs
             )
         )
-        return own.pubsub(), own
+        return own.pubsub(), own, True
 
-    async def _subscribe(self, pubsub: Any, own: Any, channels: list[str]) -> None:
+    async def _subscribe(self, pubsub: Any, cluster: bool, channels: list[str]) -> None:
         self._sharded = (
-            own is not None and self._shards and callable(getattr(pubsub, "ssubscribe", None))
+            cluster  # shard channels, where the cluster's servers have them
+            and self._shards
+            and callable(getattr(pubsub, "ssubscribe", None))
         )
         if self._sharded:
             await pubsub.ssubscribe(*channels)
@@ -373,15 +395,15 @@ class ChannelHub:
         conn: Any = None
         retry: Any = None
         try:
-            pubsub, own = await self._open()
+            pubsub, own, cluster = await self._open()
             channels = list(self._listeners)
-            await self._subscribe(pubsub, own, channels)
+            await self._subscribe(pubsub, cluster, channels)
             # Published only once connected: an add() meanwhile must not subscribe on its own
             # (redis-py would open a second connection that nobody reads).
             self._pubsub = pubsub
             missing = [c for c in self._listeners if c not in channels]
             if missing:
-                await self._subscribe(pubsub, own, missing)
+                await self._subscribe(pubsub, cluster, missing)
             # A client with retries would reconnect and resubscribe inside a read without telling
             # us, and a release published meanwhile would be lost unnoticed: turn retries off on
             # this connection, so that every loss reaches the supervisor.

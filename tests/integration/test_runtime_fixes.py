@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from leaderelection import LeaderElection
+import pytest
+
+from leaderelection import ElectionConfig, LeaderElection
 from tests.support import fast_config
 
 
@@ -57,3 +59,27 @@ async def _next_message(pubsub: Any, prefix: str) -> str:
                 text = data.decode() if isinstance(data, bytes) else str(data)
                 if text.startswith(prefix):
                     return text
+
+
+@pytest.mark.redis
+async def test_an_election_leaves_no_dead_connection_in_the_clients_pool(
+    shared_redis: Any, name: str
+) -> None:
+    """The subscription has a pool of its own: when the last election on a client stops, its
+    closed connection is not handed to the client's next command (which would reconnect)."""
+    config = ElectionConfig(name=name, restart_protection=False)
+    admin = shared_redis.client()
+    client = shared_redis.client()
+    try:
+        async with LeaderElection(client, config) as election:
+            assert election.is_leader
+            hub = election._campaign.store.hub  # type: ignore[union-attr]
+            assert await hub.wait_active(config.release_channel, timeout=5)
+        before = (await admin.info("stats"))["total_connections_received"]
+        await client.ping()  # the client's own connection, still open
+        await client.get(config.lock_key)
+        after = (await admin.info("stats"))["total_connections_received"]
+        assert after == before  # no reconnect
+    finally:
+        await client.aclose()
+        await admin.aclose()
