@@ -11,10 +11,13 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from tests.redis_harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,3 +150,32 @@ class Process:
         self._reader.join(10)
         if self.popen.stdout is not None:
             self.popen.stdout.close()
+
+
+def start_example_app(
+    label: str,
+    env: Callable[[int], dict[str, str]],
+    *,
+    ready: str,
+    timeout: float,
+    workers: int | None = None,
+) -> tuple[Process, int]:
+    """``uvicorn examples.fastapi_app:app`` on a free loopback port, once its output matches
+    ``ready``; ``env(port)`` is its environment. Tries another port when one was taken between
+    choosing it and binding it. Returns the process and its port."""
+    for _ in range(3):
+        port = free_port()
+        args = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app"]
+        if workers is not None:
+            args += ["--workers", str(workers)]
+        args += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+        process = Process(args, env=env(port), label=label)
+        try:
+            process.wait_for(ready, timeout=timeout)
+        except AssertionError:
+            process.close()
+            if "address already in use" in process.output().lower():
+                continue  # another process took the free port first
+            raise
+        return process, port
+    raise AssertionError(f"no free port for {label} after 3 attempts")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,8 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from leaderelection import ElectionConfig, LeaderObserver
-from tests.examples.processes import Process, example_env
-from tests.redis_harness import RedisServer, free_port
+from tests.examples.processes import Process, example_env, start_example_app
+from tests.redis_harness import RedisServer
 
 STARTUP_TIMEOUT = 60.0
 REPORT_ENV = "LEADERELECTION_SCRAPE_REPORT"
@@ -41,9 +40,8 @@ SHOWN = (
 
 
 def _start(host: str, redis_url: str, election: str) -> tuple[Process, str]:
-    for _ in range(3):
-        port = free_port()
-        env = example_env(
+    def env(port: int) -> dict[str, str]:
+        return example_env(
             REDIS_URL=redis_url,
             ADVERTISED_URL=f"http://127.0.0.1:{port}",
             JOB_INTERVAL="1",
@@ -53,18 +51,14 @@ def _start(host: str, redis_url: str, election: str) -> tuple[Process, str]:
             LEADER_ELECTION_HEARTBEAT_INTERVAL="500ms",
             LEADER_ELECTION_RETRY_INTERVAL="500ms",
         )
-        args = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app"]
-        args += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
-        process = Process(args, env=env, label=f"uvicorn {host}")
-        try:
-            process.wait_for(r"Application startup complete\.", timeout=STARTUP_TIMEOUT)
-        except AssertionError:
-            process.close()
-            if "address already in use" in process.output().lower():
-                continue
-            raise
-        return process, f"http://127.0.0.1:{port}"
-    raise AssertionError(f"no free port for {host} after 3 attempts")
+
+    process, port = start_example_app(
+        f"uvicorn {host}",
+        env,
+        ready=r"Application startup complete\.",
+        timeout=STARTUP_TIMEOUT,
+    )
+    return process, f"http://127.0.0.1:{port}"
 
 
 def _scrape(url: str) -> tuple[str, dict[tuple[str, frozenset[tuple[str, str]]], float]]:

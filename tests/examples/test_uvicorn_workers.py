@@ -16,7 +16,6 @@ import contextlib
 import math
 import os
 import signal
-import sys
 import time
 import uuid
 from collections import Counter
@@ -28,8 +27,8 @@ import httpx
 import pytest
 
 from leaderelection import ElectionConfig
-from tests.examples.processes import Process, example_env
-from tests.redis_harness import RedisServer, free_port
+from tests.examples.processes import Process, example_env, start_example_app
+from tests.redis_harness import RedisServer
 
 JOB_RUNS_KEY = "example:job-runs"  # examples/fastapi_app.py's
 HOSTS = ("host-a", "host-b")
@@ -169,12 +168,11 @@ def test_two_uvicorn_hosts_run_the_job_once_across_six_workers(
 
 def _start_host(name: str, redis_url: str, election: str) -> Host:
     """Start ``uvicorn --workers 3`` on a free port, as host ``name`` would."""
-    for _ in range(3):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = example_env(
+
+    def env(port: int) -> dict[str, str]:
+        return example_env(
             REDIS_URL=redis_url,
-            ADVERTISED_URL=url,
+            ADVERTISED_URL=f"http://127.0.0.1:{port}",
             JOB_INTERVAL=f"{JOB_INTERVAL:g}",
             LEADER_ELECTION_NAME=election,
             LEADER_ELECTION_HOSTNAME=name,
@@ -182,19 +180,15 @@ def _start_host(name: str, redis_url: str, election: str) -> Host:
             LEADER_ELECTION_HEARTBEAT_INTERVAL="500ms",
             LEADER_ELECTION_RETRY_INTERVAL="500ms",
         )
-        args = [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app"]
-        args += ["--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port)]
-        args += ["--no-access-log"]
-        process = Process(args, env=env, label=f"uvicorn {name}")
-        try:
-            process.wait_for(r"Started parent process", timeout=STARTUP_TIMEOUT)
-        except AssertionError:
-            process.close()
-            if "address already in use" in process.output().lower():
-                continue  # another process took the free port first
-            raise
-        return Host(name, port, url, process)
-    raise AssertionError(f"no free port for {name} after 3 attempts")
+
+    process, port = start_example_app(
+        f"uvicorn {name}",
+        env,
+        ready=r"Started parent process",
+        timeout=STARTUP_TIMEOUT,
+        workers=WORKERS,
+    )
+    return Host(name, port, f"http://127.0.0.1:{port}", process)
 
 
 def _terms_begun(hosts: list[Host]) -> list[int]:
