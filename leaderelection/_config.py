@@ -241,8 +241,11 @@ class ElectionConfig(BaseModel):
                 "get to renew before it gives up, and give up before its lease expires"
             )
         keys = {"lock_key": self.lock_key, "info_key": self.info_key, "fence_key": self.fence_key}
-        if len(set(keys.values())) != len(keys):
-            raise ValueError(f"lock_key, info_key and the fence key must differ, got {keys}")
+        if len(set(keys.values())) != len(keys) or self.waiting_key in keys.values():
+            raise ValueError(
+                "lock_key, info_key, the fence key and the waiting key must differ, got "
+                f"{ {**keys, 'waiting_key': self.waiting_key} }"
+            )
         slots = {name: key_slot(key.encode()) for name, key in keys.items()}
         if len(set(slots.values())) != 1:
             raise ValueError(

@@ -256,3 +256,11 @@ def test_priority_default_range_and_bad_values() -> None:
     for bad in (-101, 101, True, "high", 1.5):
         with pytest.raises(ConfigurationError, match="priority"):
             ElectionConfig(priority=bad)
+
+
+def test_the_waiting_key_is_the_fence_keys_sibling_and_distinct() -> None:
+    config = ElectionConfig(name="billing")
+    assert config.waiting_key == "leaderelection:{billing}:waiting"
+    assert ElectionConfig(lock_key="app:{jobs}:lock").waiting_key == "app:{jobs}:lock:waiting"
+    with pytest.raises(ConfigurationError, match="waiting key must differ"):
+        ElectionConfig(name="billing", info_key="leaderelection:{billing}:waiting")
