@@ -422,19 +422,16 @@ class Campaign:
         """A message on the election's channel: a release (or a resubscription, when one may
         have been missed) wakes a follower; a step-down request naming this instance makes a
         leader resign; a new term's announcement is for observers."""
-        if isinstance(message, Released):
-            if message.instance_id == self.instance_id:  # our own release: nothing to hear
-                moved = self.core.release_noticed(now=self.clock.now(), heard=False)
-            else:
-                moved = self.core.release_noticed(
-                    now=self.clock.now(),
-                    others=self._other_followers(message.subscribers),
-                    top_priority=message.top_priority,
-                )
-            if moved:
-                self.wake.set()
-        elif isinstance(message, Resync):
-            if self.core.release_noticed(now=self.clock.now(), heard=False):
+        if isinstance(message, Released | Resync):
+            # Another instance's release is heard (with its count of listeners and the top
+            # priority); our own, or a resubscription, only makes us look again.
+            heard, others, top = False, 0, None
+            if isinstance(message, Released) and message.instance_id != self.instance_id:
+                heard, top = True, message.top_priority
+                others = self._other_followers(message.subscribers)
+            if self.core.release_noticed(
+                now=self.clock.now(), heard=heard, others=others, top_priority=top
+            ):
                 self.wake.set()
         elif isinstance(message, Announced):
             holder = _holder(message.record)

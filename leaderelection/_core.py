@@ -337,7 +337,6 @@ class ElectionCore:
         self.errors_by_kind = dict.fromkeys(ERROR_KINDS, 0)
         self.releases_heard = 0  # releases announced to this follower (notices count more)
         self.wakeups = 0  # releases heard that moved the next attempt earlier
-        self.attempts_dropped = 0  # early attempts given up on hearing of a new term
         # The renewal round trips: a count per LATENCY_BUCKETS bound (and one above), and a sum.
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
@@ -546,7 +545,6 @@ class ElectionCore:
         if self.next_acquire_at >= later:
             return False
         self.next_acquire_at = max(later, self.held_back_until)
-        self.attempts_dropped += 1
         return True
 
     def backoff(self) -> float:
