@@ -91,6 +91,8 @@ class Plan:
     herd_handoffs: int = 40
     deploy_runs: int = 10
     big_idle_candidates: int = 10_000
+    herd_crash_followers: int = 100
+    herd_crashes: int = 8
 
 
 FULL = Plan(2000, 300, 200, 25, 60.0, 30.0, 15.0)
@@ -106,8 +108,10 @@ QUICK = Plan(
     herd_handoffs=20,
     deploy_runs=2,
     big_idle_candidates=2_000,
+    herd_crash_followers=50,
+    herd_crashes=3,
 )
-FIGURES = range(1, 10)
+FIGURES = range(1, 11)
 
 
 @dataclass
@@ -1027,6 +1031,108 @@ def figure_big_idle(report: Report) -> None:
     idle_rows(report, report.data["idle_big"], "9")
 
 
+# ----------------------------------------------------------- 10. crash failover with a herd
+
+HERD_CRASH_TIMINGS = {"lock_ttl": 1, "heartbeat_interval": 0.2, "retry_interval": 0.3}
+
+
+def herd_crash_once(
+    ctx: ForkServerContext, server: RedisServer, followers: int, seed: int
+) -> dict[str, Any]:
+    """A leader in a process of its own and ``followers`` followers in up to 10 others; the
+    leader is SIGKILLed, and the time from its lease's expiry to the next ``leader_event`` is
+    taken, with the scripts Redis ran from just before the expiry until the herd settled."""
+    fields = {"name": f"bench-herd-crash-{secrets.token_hex(3)}", **HERD_CRASH_TIMINGS}
+    lock_key = ElectionConfig(**fields).lock_key
+    processes = min(HERD_PROCESSES, followers)
+    groups = [list(range(1 + p, followers + 1, processes)) for p in range(processes)]
+    sync = server.sync_client(socket_timeout=10)
+    workers: list[Worker] = []
+    try:
+        leader = Worker(ctx, _workers.election_worker, server.url, fields)
+        workers.append(leader)
+        if not leader.expect("ready")[1]:
+            raise RuntimeError("the crash herd's leader did not lead")
+        leader.expect("leader")
+        herd = [Worker(ctx, _workers.herd_worker, server.url, fields, g) for g in groups]
+        workers.extend(herd)
+        for worker in herd:
+            if any(worker.expect("ready", 120)[1].values()):
+                raise RuntimeError("a follower of the crash herd led while the leader was alive")
+        # Past one lease: every follower has found the lock held at least once more and sleeps
+        # until the lease it saw can have expired; then a random phase against the heartbeat.
+        time.sleep(fields["lock_ttl"] + random.Random(seed).uniform(0.1, 0.3))
+        os.kill(leader.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        leader.proc.join(5)
+        t_before = time.monotonic()
+        pttl = int(sync.pttl(lock_key))
+        t_after = time.monotonic()
+        if pttl < 0:
+            raise RuntimeError(f"no lease to expire (PTTL {pttl}) after the kill")
+        expiry = (t_before + t_after) / 2 + pttl / 1000
+        # The herd's traffic at the expiry, not the followers' regular looks before it.
+        time.sleep(max(expiry - 0.002 - time.monotonic(), 0.0))
+        stats0 = commandstats(sync)
+        _, message = expect_any(herd, "leader", 10)
+        became = message[1]
+        time.sleep(0.3)  # the herd's attempts after the expiry have all come back
+        delta = stats_delta(stats0, commandstats(sync))
+        extra = 0
+        for worker in herd:
+            worker.pump()
+            while worker.take("leader") is not None:
+                extra += 1
+        if extra:
+            raise RuntimeError(f"{extra} more terms began after the crash failover")
+        for worker in herd:
+            worker.send("stop")
+        for worker in herd:
+            worker.expect("stopped", 30)
+    finally:
+        for worker in workers:
+            worker.kill()
+        sync.close()
+    scripts = delta.get("evalsha", 0) + delta.get("eval", 0)
+    return {
+        "after_expiry_s": became - expiry,
+        "after_kill_s": became - killed_at,
+        "scripts": scripts,
+    }
+
+
+def bench_herd_crash(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> dict[str, Any]:
+    followers = plan.herd_crash_followers
+    runs = []
+    for i in range(plan.herd_crashes):
+        log(f"10. crash failover with {followers} followers, {i + 1}/{plan.herd_crashes}")
+        runs.append(herd_crash_once(ctx, server, followers, seed=i))
+    return {
+        "followers": followers,
+        "timings": HERD_CRASH_TIMINGS,
+        "after_expiry": summarize(r["after_expiry_s"] for r in runs),
+        "after_kill": summarize(r["after_kill_s"] for r in runs),
+        "scripts": [r["scripts"] for r in runs],
+        "after_expiry_samples_ms": [round(r["after_expiry_s"] * 1000, 3) for r in runs],
+    }
+
+
+def figure_herd_crash(report: Report) -> None:
+    crash = report.data["herd_crash"]
+    s = crash["after_expiry"]
+    scripts = crash["scripts"]
+    report.add(
+        f"10. crash failover, {crash['followers']} followers: lease expiry -> leader (n={s['n']})",
+        dist(s, ("p50", "max")),
+        "<= 25 ms",
+        s["max_ms"] <= 25.0,
+    )
+    report.add(
+        "    scripts from 2 ms before the expiry until the herd settled",
+        f"mean {sum(scripts) / len(scripts):.1f} (min {min(scripts)}, max {max(scripts)})",
+    )
+
+
 # ------------------------------------------------------------------------------- driver
 
 
@@ -1226,6 +1332,7 @@ LEASE_S = {
     5: 10.0,
     7: float(HERD_TIMINGS["lock_ttl"]),
     8: float(DEPLOY_TIMINGS["lock_ttl"]),
+    10: float(HERD_CRASH_TIMINGS["lock_ttl"]),
 }
 
 
@@ -1355,6 +1462,9 @@ def main(argv: list[str] | None = None) -> int:
             figure_deploy(report)
         if wanted(9):
             figure_big_idle(report)
+        if wanted(10):
+            report.data["herd_crash"] = bench_herd_crash(ctx, server, plan)
+            figure_herd_crash(report)
     finally:
         server.close()
 
