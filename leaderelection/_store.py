@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 import redis as _redis_sync
+import redis.cluster
 from pydantic import ValidationError
 from redis import exceptions as rx
 from redis.asyncio.retry import Retry
@@ -699,6 +700,11 @@ def redis_argument(target: Any, owner: str) -> tuple[str | None, Any]:
     """
     if isinstance(target, str):
         return target, None
+    if isinstance(target, _redis_sync.cluster.RedisCluster):
+        raise ConfigurationError(
+            f"{owner} needs an asyncio client: pass redis.asyncio.RedisCluster(...), not "
+            "redis.cluster.RedisCluster(...), or a redis:// URL of a cluster node"
+        )
     if isinstance(target, _redis_sync.Redis):
         raise ConfigurationError(
             f"{owner} needs an asyncio client: pass redis.asyncio.Redis(...), not "

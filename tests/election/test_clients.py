@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 from leaderelection import ConfigurationError, LeaderElection
 from tests.support import fast_config
@@ -20,6 +21,12 @@ from tests.support import fast_config
     ("bad", "message"),
     [
         (redis.Redis(), "asyncio client"),
+        # a synchronous cluster client connects when constructed: an instance made without
+        # __init__ is enough for the type check
+        (
+            redis.cluster.RedisCluster.__new__(redis.cluster.RedisCluster),
+            r"asyncio client: pass redis.asyncio.RedisCluster",
+        ),
         (object(), "redis.asyncio.Redis or RedisCluster"),
         (42, "redis.asyncio.Redis or RedisCluster"),
     ],
