@@ -21,6 +21,7 @@ from ._election import ElectionStatistics, LeaderElection
 from ._exceptions import (
     ConfigurationError,
     CorruptLeaderInfoError,
+    CrossSlotError,
     ElectionNotRunningError,
     LeaderElectionError,
     ReplicasMissingError,
@@ -39,6 +40,7 @@ __all__ = [
     "Clock",
     "ConfigurationError",
     "CorruptLeaderInfoError",
+    "CrossSlotError",
     "ElectionConfig",
     "ElectionNotRunningError",
     "ElectionProtocol",

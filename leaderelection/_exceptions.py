@@ -5,6 +5,7 @@ Every exception the library raises on purpose derives from :class:`LeaderElectio
 
     LeaderElectionError
     ├── ConfigurationError          bad ElectionConfig field, bad URL (also a ValueError)
+    │   └── CrossSlotError          a key written through a Fence is not in the election's slot
     ├── ElectionNotRunningError     waiting on an election that is not started or was stopped
     └── StoreError                  a problem with the Redis store
         ├── StoreUnavailableError   cannot reach Redis, or it did not answer in time (transient)
@@ -25,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "CorruptLeaderInfoError",
+    "CrossSlotError",
     "ElectionNotRunningError",
     "LeaderElectionError",
     "ReplicasMissingError",
@@ -42,6 +44,15 @@ class LeaderElectionError(Exception):
 
 class ConfigurationError(LeaderElectionError, ValueError):
     """The configuration or the Redis URL is invalid; the message names what to fix."""
+
+
+class CrossSlotError(ConfigurationError):
+    """On a Redis Cluster, a key written through a Fence is not in the election's hash slot.
+
+    A fenced write checks the election's fence key and writes in one script, and a script runs
+    on one node: every key it writes must hash to the election's slot. Name such keys with the
+    election's hash tag, e.g. ``myapp:{billing}:progress`` for the election ``billing``.
+    """
 
 
 class ElectionNotRunningError(LeaderElectionError):
