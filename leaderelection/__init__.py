@@ -24,6 +24,7 @@ from ._exceptions import (
     CrossSlotError,
     ElectionNotRunningError,
     LeaderElectionError,
+    NotLeaderError,
     ReplicasMissingError,
     StoreAuthenticationError,
     StoreError,
@@ -31,6 +32,7 @@ from ._exceptions import (
     StoreUnavailableError,
     WrongKeyTypeError,
 )
+from ._fence import Fence, FenceResult
 from ._info import LeaderInfo
 from ._leader_only import leader_only
 from ._observer import LeaderChange, LeaderObserver
@@ -46,12 +48,15 @@ __all__ = [
     "ElectionProtocol",
     "ElectionStatistics",
     "ErrorHandler",
+    "Fence",
+    "FenceResult",
     "LeaderChange",
     "LeaderElection",
     "LeaderElectionError",
     "LeaderInfo",
     "LeaderObserver",
     "MonotonicClock",
+    "NotLeaderError",
     "ReplicasMissingError",
     "StoreAuthenticationError",
     "StoreError",

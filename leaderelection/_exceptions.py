@@ -7,6 +7,7 @@ Every exception the library raises on purpose derives from :class:`LeaderElectio
     ├── ConfigurationError          bad ElectionConfig field, bad URL (also a ValueError)
     │   └── CrossSlotError          a key written through a Fence is not in the election's slot
     ├── ElectionNotRunningError     waiting on an election that is not started or was stopped
+    ├── NotLeaderError              fence() called while this instance does not lead
     └── StoreError                  a problem with the Redis store
         ├── StoreUnavailableError   cannot reach Redis, or it did not answer in time (transient)
         │   └── ReplicasMissingError  fewer replicas than min_replicas acknowledged a write
@@ -29,6 +30,7 @@ __all__ = [
     "CrossSlotError",
     "ElectionNotRunningError",
     "LeaderElectionError",
+    "NotLeaderError",
     "ReplicasMissingError",
     "StoreAuthenticationError",
     "StoreError",
@@ -57,6 +59,10 @@ class CrossSlotError(ConfigurationError):
 
 class ElectionNotRunningError(LeaderElectionError):
     """The election is not running: it was never started, or it was stopped while waiting."""
+
+
+class NotLeaderError(LeaderElectionError):
+    """This instance does not lead: ``fence()`` has no term to bind the fence to."""
 
 
 class StoreError(LeaderElectionError):
