@@ -748,7 +748,7 @@ class RedisStore:
             reply = await self._bounded("writing through the fence", timeout, run)
         except StoreError as exc:
             cause = exc.__cause__
-            if isinstance(cause, rx.ResponseError) and str(cause).startswith("CROSSSLOT"):
+            if isinstance(cause, rx.ClusterCrossSlotError) or str(cause).startswith("CROSSSLOT"):
                 raise self._cross_slot(write.keys) from cause
             if isinstance(exc, WrongKeyTypeError):
                 raise WrongKeyTypeError(
