@@ -8,12 +8,15 @@ nothing sleeps for luck.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
+import time
 from typing import Any
 
 from leaderelection import FenceResult, LeaderElection
 from leaderelection import sync as sync_election
+from leaderelection._store import FencedWrite, RedisStore
 from tests.support import CROWDED, eventually, fast_config
 
 from .conftest import MakeCandidate
@@ -143,3 +146,70 @@ def _stopped(pid: int) -> bool:
     """Whether the process is stopped (state T in /proc/<pid>/stat)."""
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+async def test_a_failover_that_lost_the_grant_lets_in_flight_writes_in_until_the_old_lease_ends(
+    make_redis_server: Any, make_proxy: Any, name: str
+) -> None:
+    """The limit of fencing on an asynchronously replicated Redis, measured. A leads; its lease
+    reaches the replica; then the replication link is cut. A resigns, B is granted a term and
+    writes: on the primary only. The primary dies, the replica is promoted. There, the fence
+    key holds A's token and the lock A's lease: a write of A's term that had passed its local
+    check before the term ended (in flight, or paused) is accepted until A's lease ends on the
+    promoted replica, and refused after. B's term was lost with the primary: B's fence is
+    refused at once, although B reads is_leader True until its local deadline."""
+    config = fast_config(name, lock_ttl="2s", heartbeat_interval="500ms")
+    primary = make_redis_server()
+    link = await make_proxy(primary)
+    # started from a thread: the proxy needs this event loop while the replica syncs
+    replica = await asyncio.to_thread(make_redis_server, replica_of=(link.host, link.port))
+    await asyncio.to_thread(primary.wait_uptime_above, 3)
+    progress = f"app:{{{name}}}:progress"
+    async with (
+        primary.client() as on_primary,
+        replica.client() as on_replica,
+        LeaderElection(on_primary, config) as a,
+    ):
+        await a.wait_until_leader(timeout=WAIT)
+        term_a = a._campaign.core.term
+        assert term_a is not None
+        await eventually(lambda: _holds(on_replica, config.lock_key, term_a.token))
+        link.blackhole()  # from here on, nothing reaches the replica
+        async with LeaderElection(on_primary, config) as b:
+            await a.resign()
+            await b.wait_until_leader(timeout=WAIT)
+            assert await b.fence().set(progress, "b") is True
+            term_b = b._campaign.core.term
+            assert term_b is not None
+            primary.stop()  # the primary dies with the release and the grant
+            await link.close()  # what the link held is lost with it
+            replica.promote()
+            promoted = time.monotonic()
+            store = RedisStore.for_config(on_replica, config)
+
+            async def late_write(term: Any, value: str) -> bool:
+                written, _ = await store.fenced_write(
+                    FencedWrite("set", (progress,), (value, "")),
+                    token=term.token,
+                    fencing_token=term.fencing_token,
+                    timeout=1.0,
+                )
+                return bool(written)
+
+            assert await late_write(term_b, "b, again") is False  # its grant is lost
+            lease_left = await on_replica.pttl(config.lock_key) / 1000
+            assert lease_left > 0  # A's lease, as the replica last heard of it
+            assert await late_write(term_a, "a, in flight") is True  # the window
+            await eventually(lambda: _refused(late_write(term_a, "a, later")), timeout=WAIT)
+            window = time.monotonic() - promoted
+    assert lease_left - 0.1 <= window <= config.lock_ttl.total_seconds() + 0.5
+    async with replica.client() as check:
+        assert (await check.get(progress)).startswith(b"a, ")  # B's write went with the primary
+
+
+async def _holds(client: Any, key: str, token: str) -> bool:
+    return bool(await client.get(key) == token.encode())
+
+
+async def _refused(written: Any) -> bool:
+    return not await written
