@@ -750,6 +750,13 @@ class RedisStore:
             cause = exc.__cause__
             if isinstance(cause, rx.ClusterCrossSlotError) or str(cause).startswith("CROSSSLOT"):
                 raise self._cross_slot(write.keys) from cause
+            if isinstance(exc, StoreAuthenticationError) and cause is not None:
+                raise StoreAuthenticationError(
+                    f"the Redis user may not write through the fence "
+                    f"({', '.join(map(_text, write.keys)) or 'no keys'}): {cause}. Grant the "
+                    "commands of the write (SET, HSET, DEL, or those the eval script calls) on "
+                    "those keys, besides the election's own permissions (docs/security.md)"
+                ) from cause
             if isinstance(exc, WrongKeyTypeError):
                 raise WrongKeyTypeError(
                     f"a key written through the fence ({', '.join(map(_text, write.keys))}) "
