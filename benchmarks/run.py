@@ -7,8 +7,9 @@ Usage::
 It starts its own ``redis-server`` with the test suite's harness (``tests/redis_harness.py``: the
 binary ``find_redis_server`` finds, a free loopback port, persistence off), measures the figures
 of DESIGN.md's "Performance" section and the scale figures after them (a herd of followers, a
-rolling deploy, 10,000 idle candidates), prints them beside their targets with PASS/MISS, and kills
-the server at the end. See benchmarks/README.md for what each figure means.
+rolling deploy, 10,000 idle candidates, a crash failover with 100 followers) and the cost of a
+fenced write, prints them beside their targets with PASS/MISS, and kills the server at the end.
+See benchmarks/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ QUICK = Plan(
     herd_crash_followers=50,
     herd_crashes=3,
 )
-FIGURES = range(1, 11)
+FIGURES = range(1, 12)
 
 
 @dataclass
@@ -1031,7 +1032,77 @@ def figure_big_idle(report: Report) -> None:
     idle_rows(report, report.data["idle_big"], "9")
 
 
-# ----------------------------------------------------------- 10. crash failover with a herd
+# ------------------------------------------------------------------------- 10. fenced writes
+
+FENCE_SCRIPT = "return redis.call('SET', KEYS[1], ARGV[1])"
+
+
+async def bench_fence(server: RedisServer, plan: Plan) -> dict[str, Any]:
+    """A leader's fenced writes beside plain commands on the same client, interleaved call by
+    call so that all variants share the same moments of the run.
+
+    Variants: ``SET`` (plain), ``EVALSHA`` of a one-line script doing that SET (what any script
+    costs), ``fence.set`` and ``fence.eval`` of that script (the guard: two GETs and a string
+    comparison in the same script, plus the local check).
+    """
+    client = aioredis.Redis(host="127.0.0.1", port=server.port)
+    config = ElectionConfig(name=f"bench-fence-{secrets.token_hex(3)}")
+    key = f"bench:{{{config.name}}}:progress"
+    samples: dict[str, list[float]] = {v: [] for v in ("SET", "EVALSHA", "fence.set", "fence.eval")}
+    try:
+        sha = await client.script_load(FENCE_SCRIPT)
+        async with LeaderElection(client, config) as election:
+            if not election.is_leader:
+                raise RuntimeError(f"a free election did not lead on return: {config.name}")
+            fence = election.fence()
+
+            async def fenced_set(i: int) -> None:
+                if not await fence.set(key, i):
+                    raise RuntimeError("a fenced write of the leader was refused")
+
+            async def fenced_eval(i: int) -> None:
+                if not await fence.eval(FENCE_SCRIPT, [key], [i]):
+                    raise RuntimeError("a fenced eval of the leader was refused")
+
+            async def plain_set(i: int) -> None:
+                await client.set(key, i)
+
+            async def plain_script(i: int) -> None:
+                await client.evalsha(sha, 1, key, i)
+
+            calls = {
+                "SET": plain_set,
+                "EVALSHA": plain_script,
+                "fence.set": fenced_set,
+                "fence.eval": fenced_eval,
+            }
+            for i in range(plan.warmup * 10 + plan.evalsha_calls):
+                for variant, call in calls.items():
+                    started = time.perf_counter()
+                    await call(i)
+                    if i >= plan.warmup * 10:
+                        samples[variant].append(time.perf_counter() - started)
+            if not election.is_leader or fence.token != election.fencing_token:
+                raise RuntimeError("the term ended during the measurement")
+    finally:
+        await client.aclose()
+    return {variant: summarize(values) for variant, values in samples.items()}
+
+
+def figure_fence(report: Report) -> None:
+    results = report.data["fence"]
+    plain = results["SET"]["p50_ms"]
+    for variant, label in (
+        ("SET", f"10. a leader's writes, plain SET (n={results['SET']['n']} each)"),
+        ("EVALSHA", "    EVALSHA of a script doing that SET"),
+        ("fence.set", "    fence.set() (guard + SET in one script)"),
+        ("fence.eval", "    fence.eval() of that script"),
+    ):
+        s = results[variant]
+        report.add(label, f"{dist(s)}; p50 = {s['p50_ms'] / plain:.2f}x SET")
+
+
+# ----------------------------------------------------------- 11. crash failover with a herd
 
 HERD_CRASH_TIMINGS = {"lock_ttl": 1, "heartbeat_interval": 0.2, "retry_interval": 0.3}
 
@@ -1105,7 +1176,7 @@ def bench_herd_crash(ctx: ForkServerContext, server: RedisServer, plan: Plan) ->
     followers = plan.herd_crash_followers
     runs = []
     for i in range(plan.herd_crashes):
-        log(f"10. crash failover with {followers} followers, {i + 1}/{plan.herd_crashes}")
+        log(f"11. crash failover with {followers} followers, {i + 1}/{plan.herd_crashes}")
         runs.append(herd_crash_once(ctx, server, followers, seed=i))
     return {
         "followers": followers,
@@ -1122,7 +1193,7 @@ def figure_herd_crash(report: Report) -> None:
     s = crash["after_expiry"]
     scripts = crash["scripts"]
     report.add(
-        f"10. crash failover, {crash['followers']} followers: lease expiry -> leader (n={s['n']})",
+        f"11. crash failover, {crash['followers']} followers: lease expiry -> leader (n={s['n']})",
         dist(s, ("p50", "max")),
         "<= 25 ms",
         s["max_ms"] <= 25.0,
@@ -1332,7 +1403,8 @@ LEASE_S = {
     5: 10.0,
     7: float(HERD_TIMINGS["lock_ttl"]),
     8: float(DEPLOY_TIMINGS["lock_ttl"]),
-    10: float(HERD_CRASH_TIMINGS["lock_ttl"]),
+    10: 10.0,
+    11: float(HERD_CRASH_TIMINGS["lock_ttl"]),
 }
 
 
@@ -1463,6 +1535,10 @@ def main(argv: list[str] | None = None) -> int:
         if wanted(9):
             figure_big_idle(report)
         if wanted(10):
+            log("10. fenced writes")
+            report.data["fence"] = asyncio.run(bench_fence(server, plan))
+            figure_fence(report)
+        if wanted(11):
             report.data["herd_crash"] = bench_herd_crash(ctx, server, plan)
             figure_herd_crash(report)
     finally:

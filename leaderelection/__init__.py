@@ -21,8 +21,10 @@ from ._election import ElectionStatistics, LeaderElection
 from ._exceptions import (
     ConfigurationError,
     CorruptLeaderInfoError,
+    CrossSlotError,
     ElectionNotRunningError,
     LeaderElectionError,
+    NotLeaderError,
     ReplicasMissingError,
     StoreAuthenticationError,
     StoreError,
@@ -30,6 +32,7 @@ from ._exceptions import (
     StoreUnavailableError,
     WrongKeyTypeError,
 )
+from ._fence import Fence, FenceResult
 from ._info import LeaderInfo
 from ._leader_only import leader_only
 from ._observer import LeaderChange, LeaderObserver
@@ -39,17 +42,21 @@ __all__ = [
     "Clock",
     "ConfigurationError",
     "CorruptLeaderInfoError",
+    "CrossSlotError",
     "ElectionConfig",
     "ElectionNotRunningError",
     "ElectionProtocol",
     "ElectionStatistics",
     "ErrorHandler",
+    "Fence",
+    "FenceResult",
     "LeaderChange",
     "LeaderElection",
     "LeaderElectionError",
     "LeaderInfo",
     "LeaderObserver",
     "MonotonicClock",
+    "NotLeaderError",
     "ReplicasMissingError",
     "StoreAuthenticationError",
     "StoreError",

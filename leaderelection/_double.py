@@ -19,10 +19,11 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -41,20 +42,29 @@ from ._callbacks import (
 )
 from ._config import ElectionConfig
 from ._election import ElectionStatistics
-from ._exceptions import ConfigurationError, ElectionNotRunningError, LeaderElectionError
+from ._exceptions import (
+    ConfigurationError,
+    ElectionNotRunningError,
+    LeaderElectionError,
+    NotLeaderError,
+    WrongKeyTypeError,
+)
+from ._fence import Fence, SyncFence, election_keys
 from ._info import LeaderInfo
 from ._observer import LeaderChange
+from ._store import FencedWrite
 
 if TYPE_CHECKING:
     from . import sync
     from ._election import LeaderElection
     from ._protocol import ElectionProtocol, SyncElectionProtocol
 
-__all__ = ["FakeElectionGroup", "FakeLeaderElection", "FakeSyncLeaderElection"]
+__all__ = ["FakeElectionGroup", "FakeLeaderElection", "FakeSyncLeaderElection", "FencedEval"]
 
 logger = logging.getLogger("leaderelection")
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 C = TypeVar("C", bound=Callable[[], object])
 J = TypeVar("J", bound=Callable[[threading.Event], object])
 State = Literal["new", "running", "stopping", "stopped"]
@@ -136,6 +146,8 @@ class FakeElectionGroup:
         self._record: LeaderInfo | None = None  # who leads, as a store would say
         self._last_token = 0
         self._listeners: list[_Listener] = []
+        self._data: dict[str, str | dict[str, str]] = {}
+        self._evals: list[FencedEval] = []
 
     def __repr__(self) -> str:
         who = self._record.instance_id if self._record is not None else None
@@ -169,6 +181,20 @@ class FakeElectionGroup:
     def last_fencing_token(self) -> int:
         """The highest fencing token granted so far in the group (0 before the first term)."""
         return self._last_token
+
+    @property
+    def data(self) -> dict[str, str | dict[str, str]]:
+        """What the members' fences wrote, as Redis would hold it: key -> value (a ``str``),
+        or field -> value for a hash. A write is applied only while its term is the group's
+        latest and its member still leads, as the real fence's script does. ``px`` is not
+        applied (nothing expires). The test may read it, and change it to set the scene."""
+        return self._data
+
+    @property
+    def evals(self) -> list[FencedEval]:
+        """The ``fence.eval()`` calls the group applied, in order: the double runs no Lua, so a
+        written eval is recorded here (and returns ``FenceResult(True, None)``)."""
+        return self._evals
 
     def set_leader(
         self,
@@ -280,6 +306,34 @@ class FakeElectionGroup:
             self._move(record)
             return record
 
+    def _fenced_write(
+        self,
+        member: FakeLeaderElection | FakeSyncLeaderElection,
+        write: FencedWrite,
+        fencing_token: int,
+    ) -> tuple[bool, Any]:
+        """A fence's write: applied only while ``member`` leads with the group's latest token."""
+        with self._lock:
+            if self._leader is not member or self._last_token != fencing_token:
+                return False, None
+            keys = [_text(key) for key in write.keys]
+            args = [_text(arg) for arg in write.args]
+            if write.kind == "set":
+                self._data[keys[0]] = args[0]
+            elif write.kind == "hset":
+                current = self._data.setdefault(keys[0], {})
+                if not isinstance(current, dict):
+                    raise WrongKeyTypeError(f"{keys[0]!r} holds a string, not a hash")
+                current.update(zip(args[::2], args[1::2], strict=True))
+            elif write.kind == "delete":
+                for key in keys:
+                    self._data.pop(key, None)
+            else:
+                self._evals.append(
+                    FencedEval(write.script, tuple(keys), tuple(args), fencing_token)
+                )
+            return True, None
+
     def _release(self, member: FakeLeaderElection | FakeSyncLeaderElection) -> None:
         with self._lock:
             if self._leader is member:
@@ -315,6 +369,58 @@ class FakeElectionGroup:
         finally:
             with self._lock:
                 self._listeners.remove(listener)
+
+
+@dataclass(frozen=True)
+class FencedEval:
+    """A ``fence.eval()`` of a test double, as :attr:`FakeElectionGroup.evals` records it:
+    the script, its keys and arguments (as text) and the fencing token of its term."""
+
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    fencing_token: int
+
+
+class _GroupWriter:
+    """Where a double's fence writes: its group's :attr:`FakeElectionGroup.data`."""
+
+    __slots__ = ("_group", "_member")
+
+    def __init__(
+        self, group: FakeElectionGroup, member: FakeLeaderElection | FakeSyncLeaderElection
+    ) -> None:
+        self._group = group
+        self._member = member
+
+    async def fenced_write(
+        self, write: FencedWrite, *, token: str, fencing_token: int, timeout: float
+    ) -> tuple[bool, Any]:
+        return self._group._fenced_write(self._member, write, fencing_token)
+
+
+def _text(value: str | bytes | int | float) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _run_now(what: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine that never waits (a double's fenced write) to its end, here."""
+    coro = func()
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError(f"{what} of a test double waited for something")  # pragma: no cover
+
+
+def _not_leading(instance_id: str, state: str) -> NotLeaderError:
+    return NotLeaderError(
+        f"{instance_id} does not lead (the election is {state}): make a fence during a term, "
+        "e.g. after elect()"
+    )
 
 
 def _make_instance_id(config: ElectionConfig) -> str:
@@ -536,6 +642,27 @@ class FakeLeaderElection:
         """The current term's fencing token while leader, else None."""
         term = self._term
         return term.token if term is not None else None
+
+    def fence(self) -> Fence:
+        """A :class:`~leaderelection.Fence` bound to the current term, writing into the
+        group's :attr:`FakeElectionGroup.data` (an ``eval`` is recorded in
+        :attr:`FakeElectionGroup.evals`). Its writes are refused once the term ended or a newer
+        term exists, as the real fence's.
+
+        Raises:
+            NotLeaderError: this instance does not lead.
+        """
+        term = self._term
+        if term is None or self._state != "running":
+            raise _not_leading(self._instance_id, self.statistics().state)
+        return Fence(
+            _GroupWriter(self._group, self),
+            token=term.token,
+            lock_token="",
+            is_current=lambda: self._term is term,
+            timeout=math.inf,
+            reserved=election_keys(self._config),
+        )
 
     def statistics(self) -> ElectionStatistics:
         """A snapshot, as the real election's: ``state`` is ``"new"``, ``"follower"``,
@@ -913,6 +1040,7 @@ class _SyncRole(threading.local):
 
     role: Literal["callback", "job"] | None = None
     term_over: threading.Event | None = None
+    token: int | None = None  # the fencing token of the job's term
 
 
 @dataclass(eq=False)
@@ -1033,6 +1161,33 @@ class FakeSyncLeaderElection:
     def statistics(self) -> ElectionStatistics:
         """A snapshot, as :meth:`FakeLeaderElection.statistics`."""
         return _statistics(self, self._state, self._counters)
+
+    def fence(self) -> SyncFence:
+        """A :class:`~leaderelection.sync.SyncFence` bound to the current term, writing into
+        the group's :attr:`FakeElectionGroup.data`, as :meth:`FakeLeaderElection.fence`.
+        Never blocks; any thread.
+
+        Raises:
+            NotLeaderError: this instance does not lead.
+        """
+        term = self._term
+        if term is None or self._state != "running":
+            raise _not_leading(self._instance_id, self.statistics().state)
+        role = self._role
+        if role.role == "job" and role.term_over is not term.term_over:
+            raise NotLeaderError(
+                f"fence() was called from a while_leader function of the term with fencing "
+                f"token {role.token}, which has ended (its term_over event is set)"
+            )
+        fence = Fence(
+            _GroupWriter(self._group, self),
+            token=term.token,
+            lock_token="",
+            is_current=lambda: self._term is term,
+            timeout=math.inf,
+            reserved=election_keys(self._config),
+        )
+        return SyncFence(fence, _run_now)
 
     def get_leader_info(self) -> LeaderInfo | None:
         """Who leads, as the group's store says; None when no one does.
@@ -1342,7 +1497,7 @@ class FakeSyncLeaderElection:
 
     def _run_job(self, func: Callable[[threading.Event], object], term: _SyncTerm) -> None:
         role = self._role
-        role.role, role.term_over = "job", term.term_over
+        role.role, role.term_over, role.token = "job", term.term_over, term.token
         try:
             refuse_awaitable(func(term.term_over), func)
         except Exception as exc:
@@ -1352,7 +1507,7 @@ class FakeSyncLeaderElection:
                 self._on_error,
             )
         finally:
-            role.role, role.term_over = None, None
+            role.role, role.term_over, role.token = None, None, None
 
     def _end_gracefully(self, term: _SyncTerm, reason: Reason) -> _SyncItem | None:
         """End ``term`` in the real election's order: ``is_leader`` turns False and the

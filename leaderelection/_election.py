@@ -26,10 +26,12 @@ from ._clock import Clock, MonotonicClock
 from ._config import ElectionConfig, config_argument, new_instance_id
 from ._connect import UrlClient
 from ._core import ElectionStatistics, Phase
-from ._exceptions import ElectionNotRunningError, LeaderElectionError
+from ._exceptions import ElectionNotRunningError, LeaderElectionError, NotLeaderError
+from ._fence import Fence, election_keys
 from ._info import LeaderInfo
 from ._observer import LeaderChange, watch_changes
 from ._store import RedisStore, Store, redis_argument
+from ._term import current_term
 
 __all__ = ["ElectionStatistics", "LeaderElection", "Lifecycle"]
 
@@ -147,6 +149,45 @@ class LeaderElection:
         """An immutable snapshot of the election's state and counters."""
         c = self._campaign
         return c.core.statistics(self._clock.now(), c.state)
+
+    def fence(self) -> Fence:
+        """A :class:`Fence` bound to the current term: writes to Redis that are refused from
+        the moment the term is over (a newer term exists, or its lease ended).
+
+        Make one at the start of a piece of work and write through it; a fence kept past its
+        term never writes. Never blocks, never touches Redis.
+
+        Raises:
+            NotLeaderError: this instance does not lead, or the calling ``while_leader`` task
+                belongs to a term that has ended.
+        """
+        c = self._campaign
+        core, clock, term, store = c.core, self._clock, c.core.term, c.store
+        if term is None or store is None or not core.is_leader(clock.now()):
+            raise NotLeaderError(
+                f"{self._instance_id} does not lead the election {self._config.name!r} "
+                f"(state {self.statistics().state}): make a fence during a term, e.g. in a "
+                "while_leader task, or after wait_until_leader()"
+            )
+        started_for = current_term()
+        if started_for is not None and started_for is not term:
+            raise NotLeaderError(
+                f"fence() was called from a while_leader task of the term with fencing token "
+                f"{started_for.fencing_token}, which has ended; the current term "
+                f"({term.fencing_token}) starts tasks of its own"
+            )
+
+        def is_current() -> bool:
+            return core.term is term and core.is_leader(clock.now())
+
+        return Fence(
+            store,
+            token=term.fencing_token,
+            lock_token=term.token,
+            is_current=is_current,
+            timeout=c.timings.call_timeout,
+            reserved=election_keys(self._config),
+        )
 
     async def get_leader_info(self) -> LeaderInfo | None:
         """Read who leads from the store; None when no one does.

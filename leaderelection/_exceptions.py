@@ -5,7 +5,9 @@ Every exception the library raises on purpose derives from :class:`LeaderElectio
 
     LeaderElectionError
     ├── ConfigurationError          bad ElectionConfig field, bad URL (also a ValueError)
+    │   └── CrossSlotError          a key written through a Fence is not in the election's slot
     ├── ElectionNotRunningError     waiting on an election that is not started or was stopped
+    ├── NotLeaderError              fence() called while this instance does not lead
     └── StoreError                  a problem with the Redis store
         ├── StoreUnavailableError   cannot reach Redis, or it did not answer in time (transient)
         │   └── ReplicasMissingError  fewer replicas than min_replicas acknowledged a write
@@ -25,8 +27,10 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "CorruptLeaderInfoError",
+    "CrossSlotError",
     "ElectionNotRunningError",
     "LeaderElectionError",
+    "NotLeaderError",
     "ReplicasMissingError",
     "StoreAuthenticationError",
     "StoreError",
@@ -44,8 +48,21 @@ class ConfigurationError(LeaderElectionError, ValueError):
     """The configuration or the Redis URL is invalid; the message names what to fix."""
 
 
+class CrossSlotError(ConfigurationError):
+    """On a Redis Cluster, a key written through a Fence is not in the election's hash slot.
+
+    A fenced write checks the election's fence key and writes in one script, and a script runs
+    on one node: every key it writes must hash to the election's slot. Name such keys with the
+    election's hash tag, e.g. ``myapp:{billing}:progress`` for the election ``billing``.
+    """
+
+
 class ElectionNotRunningError(LeaderElectionError):
     """The election is not running: it was never started, or it was stopped while waiting."""
+
+
+class NotLeaderError(LeaderElectionError):
+    """This instance does not lead: ``fence()`` has no term to bind the fence to."""
 
 
 class StoreError(LeaderElectionError):

@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._channel import Listener, Message, notify, parse_message
 from ._clock import Clock, MonotonicClock
 from ._config import ElectionConfig
-from ._exceptions import CorruptLeaderInfoError, StoreError, StoreUnavailableError
+from ._exceptions import (
+    CorruptLeaderInfoError,
+    StoreError,
+    StoreUnavailableError,
+    WrongKeyTypeError,
+)
 from ._info import LeaderInfo
-from ._store import Acquired, AcquireResult, Held, HeldBack, Store
+from ._store import Acquired, AcquireResult, FencedWrite, Held, HeldBack, Store
 
 __all__ = ["MemoryServer", "MemoryStore"]
 
@@ -53,6 +59,7 @@ class MemoryServer:
         self.clock: Clock = clock if clock is not None else MonotonicClock()
         self._started_at = self.clock.now() - uptime
         self._data: dict[str, _Entry] = {}
+        self._hashes: dict[str, dict[str, str]] = {}  # written through fences; never expire
         self._counters: dict[str, int] = {}
         self._listeners: dict[str, set[Listener]] = {}
         self.unavailable = False
@@ -71,6 +78,7 @@ class MemoryServer:
     def restart(self) -> None:
         """Restart with no data: every key and counter is gone, uptime starts again at 0."""
         self._data.clear()
+        self._hashes.clear()
         self._counters.clear()
         self._started_at = self.clock.now()
 
@@ -90,14 +98,31 @@ class MemoryServer:
             return -2
         return max(int((self._data[key].expires_at - self.clock.now()) * 1000), 0)
 
-    def set(self, key: str, value: str, ttl_ms: int) -> None:
-        """Set a key that expires ``ttl_ms`` from now."""
-        self._data[key] = _Entry(value, self.clock.now() + ttl_ms / 1000)
+    def set(self, key: str, value: str, ttl_ms: float | None) -> None:
+        """Set a key that expires ``ttl_ms`` from now (None: never)."""
+        expires = math.inf if ttl_ms is None else self.clock.now() + ttl_ms / 1000
+        self._hashes.pop(key, None)
+        self._data[key] = _Entry(value, expires)
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        """A hash's fields and values (empty when there is no such hash)."""
+        return dict(self._hashes.get(key, {}))
+
+    def hset(self, key: str, mapping: dict[str, str]) -> None:
+        """Set fields of a hash.
+
+        Raises:
+            WrongKeyTypeError: ``key`` holds a string.
+        """
+        if self.get(key) is not None:
+            raise WrongKeyTypeError(f"{key!r} holds a string, not a hash")
+        self._hashes.setdefault(key, {}).update(mapping)
 
     def delete(self, *keys: str) -> None:
         """Delete keys (a missing one is fine)."""
         for key in keys:
             self._data.pop(key, None)
+            self._hashes.pop(key, None)
 
     def publish(self, channel: str, text: str) -> int:
         """Deliver ``text`` to the channel's listeners on the loop's next turn, as a server's
@@ -280,6 +305,43 @@ class MemoryStore:
     async def diagnose(self, *, timeout: float) -> StoreError | None:
         """Nothing to diagnose in memory."""
         return None
+
+    async def fenced_write(
+        self, write: FencedWrite, *, token: str, fencing_token: int, timeout: float
+    ) -> tuple[bool, Any]:
+        """See ``_FENCED`` in ``_scripts.py``: ``set``, ``hset`` and ``delete`` only.
+
+        Raises:
+            StoreError: an ``eval`` (the memory store runs no Lua).
+        """
+        if write.kind == "eval":
+            raise StoreError(
+                "the in-memory store runs no Lua: fence.eval() needs Redis (fence.set(), "
+                "fence.hset() and fence.delete() work here)"
+            )
+        s = self.server
+
+        def script() -> tuple[bool, Any]:
+            if s._counters.get(self._fence) != fencing_token or s.get(self._lock) != token:
+                return False, None
+            keys = [_text(key) for key in write.keys]
+            args = [_text(arg) for arg in write.args]
+            if write.kind == "set":
+                s.set(keys[0], args[0], float(args[1]) if args[1] else None)
+            elif write.kind == "hset":
+                s.hset(keys[0], dict(zip(args[::2], args[1::2], strict=True)))
+            else:
+                s.delete(*keys)
+            return True, None
+
+        return await s.call("writing through the fence", timeout, script)
+
+
+def _text(value: str | bytes | int | float) -> str:
+    """A value as Redis stores it: bytes decoded, a float as redis-py sends it."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _holder_id(raw: str | None) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from ._config import ElectionConfig
 from ._core import ElectionStatistics
+from ._fence import Fence, SyncFence
 from ._info import LeaderInfo
 from ._observer import LeaderChange
 
@@ -62,6 +63,10 @@ class ElectionProtocol(Protocol):
 
     def statistics(self) -> ElectionStatistics:
         """An immutable snapshot of the election's state and counters."""
+        ...
+
+    def fence(self) -> Fence:
+        """A fence bound to the current term, for writes refused once the term is over."""
         ...
 
     async def get_leader_info(self) -> LeaderInfo | None:
@@ -154,6 +159,10 @@ class SyncElectionProtocol(Protocol):
 
     def statistics(self) -> ElectionStatistics:
         """An immutable snapshot of the election's state and counters."""
+        ...
+
+    def fence(self) -> SyncFence:
+        """A blocking fence bound to the current term."""
         ...
 
     def get_leader_info(self) -> LeaderInfo | None:

@@ -11,7 +11,19 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-__all__ = ["ACQUIRE", "NO_INFO", "READ", "RELEASE", "RENEW", "SHA", "STEP_DOWN"]
+__all__ = [
+    "ACQUIRE",
+    "FENCED_DELETE",
+    "FENCED_HSET",
+    "FENCED_SET",
+    "NO_INFO",
+    "READ",
+    "RELEASE",
+    "RENEW",
+    "SHA",
+    "STEP_DOWN",
+    "fenced_eval",
+]
 
 # Sends ARGV[n] on channel ARGV[m] without failing the script: SPUBLISH (the shard channel, on
 # the node that owns the slot) when ARGV[s] is "1" and the server has it (Redis 7+, Valkey),
@@ -205,7 +217,114 @@ READ: Final = """
 return {redis.call('GET', KEYS[2]), redis.call('PTTL', KEYS[1])}
 """
 
+# The fenced writes. Each takes the caller's KEYS and ARGV first, then two of its own, last:
+# KEYS[#KEYS - 1] lock key, KEYS[#KEYS] fence key
+# ARGV[#ARGV - 1] the term's random token (the lock's value), ARGV[#ARGV] its fencing token
+# and writes only when the fence key holds exactly that fencing token (a string comparison: a
+# 16-digit token is not exact as a Lua number) and the lock still holds the term's token: no
+# newer term was granted and the term's lease has not ended (expired, released). A missing
+# fence key (a server that lost its data) holds no term: refused.
+# Returns {1, ...} when written, {0} when refused.
+_FENCED = """
+local function fenced()
+  local nk, na = #KEYS, #ARGV
+  return redis.call('GET', KEYS[nk]) == ARGV[na]
+    and redis.call('GET', KEYS[nk - 1]) == ARGV[na - 1]
+end
+"""
+
+# KEYS[1] the key, then the guard's two; ARGV[1] the value, ARGV[2] PX in ms or "", then the
+# guard's two. Returns {1} when written, {0} when refused.
+FENCED_SET: Final = (
+    _FENCED
+    + """
+if not fenced() then
+  return {0}
+end
+if ARGV[2] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return {1}
+"""
+)
+
+# KEYS[1] the hash, then the guard's two; ARGV field, value, field, value, ..., then the guard's
+# two. One HSET per field: no unpack() of a long argument list. Returns {1} or {0}.
+FENCED_HSET: Final = (
+    _FENCED
+    + """
+if not fenced() then
+  return {0}
+end
+for i = 1, #ARGV - 2, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return {1}
+"""
+)
+
+# KEYS the keys to delete, then the guard's two; ARGV the guard's two. Returns {1} or {0}.
+FENCED_DELETE: Final = (
+    _FENCED
+    + """
+if not fenced() then
+  return {0}
+end
+for i = 1, #KEYS - 2 do
+  redis.call('DEL', KEYS[i])
+end
+return {1}
+"""
+)
+
+
+def fenced_eval(script: str) -> str:
+    """The caller's ``script`` as a fenced write: its body runs only when the guard passes.
+
+    The body becomes ``local function body(KEYS, ARGV) ... end``, called with the caller's own
+    keys and arguments (the guard's, at the end, cut off): the parameters shadow the globals,
+    so the script reads ``KEYS[1]`` and ``ARGV[1]`` as if it ran alone. It starts on the first
+    line, so that the line numbers of Redis's error messages are the caller's. Returns ``{1,
+    what the body returned}`` when written, ``{0}`` when refused; an error reply the body
+    returns (``redis.error_reply``) is returned as the script's error.
+    """
+    return (
+        "local function body(KEYS, ARGV) "
+        + script
+        + "\nend\n"
+        + _FENCED
+        + """
+if not fenced() then
+  return {0}
+end
+local keys, argv = {}, {}
+for i = 1, #KEYS - 2 do
+  keys[i] = KEYS[i]
+end
+for i = 1, #ARGV - 2 do
+  argv[i] = ARGV[i]
+end
+local result = body(keys, argv)
+if type(result) == 'table' and result.err then
+  return result
+end
+return {1, result}
+"""
+    )
+
+
 SHA: Final = {
     src: hashlib.sha1(src.encode()).hexdigest()
-    for src in (ACQUIRE, RENEW, RELEASE, READ, STEP_DOWN)
+    for src in (
+        ACQUIRE,
+        RENEW,
+        RELEASE,
+        READ,
+        STEP_DOWN,
+        FENCED_SET,
+        FENCED_HSET,
+        FENCED_DELETE,
+    )
 }

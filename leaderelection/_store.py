@@ -14,11 +14,13 @@ nowhere else.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import redis as _redis_sync
 import redis.cluster
@@ -27,15 +29,17 @@ from redis import exceptions as rx
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 
 from ._aio import close_client
 from ._channel import ChannelHub, Hub
 from ._clock import Clock, MonotonicClock
-from ._config import ElectionConfig
+from ._config import ElectionConfig, _hash_tag
 from ._connect import UrlClient, is_cluster, resolve_client
 from ._exceptions import (
     ConfigurationError,
     CorruptLeaderInfoError,
+    CrossSlotError,
     ReplicasMissingError,
     StoreAuthenticationError,
     StoreError,
@@ -44,11 +48,24 @@ from ._exceptions import (
     WrongKeyTypeError,
 )
 from ._info import LeaderInfo
-from ._scripts import ACQUIRE, NO_INFO, READ, RELEASE, RENEW, SHA, STEP_DOWN
+from ._scripts import (
+    ACQUIRE,
+    FENCED_DELETE,
+    FENCED_HSET,
+    FENCED_SET,
+    NO_INFO,
+    READ,
+    RELEASE,
+    RENEW,
+    SHA,
+    STEP_DOWN,
+    fenced_eval,
+)
 
 __all__ = [
     "AcquireResult",
     "Acquired",
+    "FencedWrite",
     "Held",
     "HeldBack",
     "RedisStore",
@@ -92,6 +109,21 @@ class HeldBack:
 
 
 AcquireResult = Acquired | Held | HeldBack
+
+
+@dataclass(frozen=True, slots=True)
+class FencedWrite:
+    """A write of a Fence: ``kind`` with the caller's ``keys`` and ``args`` (for ``"eval"``,
+    the caller's ``script`` too), to run only while the term holds (see ``_FENCED``).
+
+    ``args``: ``set``, the value and PX in ms or ""; ``hset``, field, value, field, value...;
+    ``delete``, none; ``eval``, the script's own.
+    """
+
+    kind: Literal["set", "hset", "delete", "eval"]
+    keys: tuple[str | bytes, ...]
+    args: tuple[str | bytes | int | float, ...] = ()
+    script: str = ""
 
 
 class Store(Protocol):
@@ -158,6 +190,26 @@ class Store(Protocol):
     async def diagnose(self, *, timeout: float) -> StoreError | None:
         """A permanent cause (credentials, permissions) behind a failed call, or None."""
         ...
+
+    async def fenced_write(
+        self, write: FencedWrite, *, token: str, fencing_token: int, timeout: float
+    ) -> tuple[bool, Any]:
+        """Do ``write`` if the term (``token`` in the lock, ``fencing_token`` in the fence key)
+        still holds, in one step; ``(written, the eval script's value or None)``."""
+        ...
+
+
+_FENCED_SCRIPTS: Final = {"set": FENCED_SET, "hset": FENCED_HSET, "delete": FENCED_DELETE}
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(src: str) -> str:
+    return hashlib.sha1(src.encode()).hexdigest()
+
+
+def _sha(src: str) -> str:
+    """The SHA1 that EVALSHA names ``src`` by (the library's scripts' precomputed)."""
+    return SHA.get(src) or _digest(src)
 
 
 def _text(value: object) -> str:
@@ -384,7 +436,7 @@ class RedisStore:
     @staticmethod
     async def _script(client: Any, src: str, nkeys: int, *args: object) -> Any:
         try:
-            return await client.evalsha(SHA[src], nkeys, *args)
+            return await client.evalsha(_sha(src), nkeys, *args)
         except rx.NoScriptError:
             return await client.eval(src, nkeys, *args)
 
@@ -409,7 +461,7 @@ class RedisStore:
         # would wait again: the first call of each script on a server sends its body (EVAL
         # caches it).
         for cached in (True, False) if cache_key in self._cached else (False,):
-            script = ("EVALSHA", SHA[src]) if cached else ("EVAL", src)
+            script = ("EVALSHA", _sha(src)) if cached else ("EVAL", src)
             command = (*script, nkeys, *args)
             if node is None:
                 pipe = client.pipeline(transaction=False)
@@ -666,6 +718,82 @@ class RedisStore:
             return await client.publish(self._channel, message)
 
         return int(await self._bounded("asking the leader to step down", timeout, publish))
+
+    async def fenced_write(
+        self, write: FencedWrite, *, token: str, fencing_token: int, timeout: float
+    ) -> tuple[bool, Any]:
+        """Do ``write`` in one script that first checks that the term still holds (see
+        ``_FENCED`` in ``_scripts.py``); with ``min_replicas``, a written reply also waits for
+        the replicas' acknowledgements, as a renewal does.
+
+        Returns ``(written, value)``: ``value`` is what an eval script returned (else None).
+
+        Raises:
+            CrossSlotError: on a Redis Cluster, a key is not in the election's slot.
+            ReplicasMissingError: written on the primary, but fewer than ``min_replicas``
+                replicas acknowledged it in time (a failover may lose it).
+            StoreError: Redis refused the script or one of its commands.
+        """
+        lock, _, fence = self._keys
+        src = fenced_eval(write.script) if write.kind == "eval" else _FENCED_SCRIPTS[write.kind]
+        keys = (*write.keys, lock, fence)
+
+        async def run(client: Any) -> Any:
+            if is_cluster(client):
+                self._check_slots(write.keys)
+            return await self._write(
+                client, timeout, src, len(keys), *keys, *write.args, token, str(fencing_token)
+            )
+
+        try:
+            reply = await self._bounded("writing through the fence", timeout, run)
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, rx.ClusterCrossSlotError) or str(cause).startswith("CROSSSLOT"):
+                raise self._cross_slot(write.keys) from cause
+            if isinstance(exc, StoreAuthenticationError) and cause is not None:
+                raise StoreAuthenticationError(
+                    f"the Redis user may not write through the fence "
+                    f"({', '.join(map(_text, write.keys)) or 'no keys'}): {cause}. Grant the "
+                    "commands of the write (SET, HSET, DEL, or those the eval script calls) on "
+                    "those keys, besides the election's own permissions (docs/security.md)"
+                ) from cause
+            if isinstance(exc, WrongKeyTypeError):
+                raise WrongKeyTypeError(
+                    f"a key written through the fence ({', '.join(map(_text, write.keys))}) "
+                    f"holds a value of another type: {cause}"
+                ) from cause
+            raise
+        if self._min_replicas:
+            reply, acknowledged, wait_ms = reply
+            if int(reply[0]) == 1 and acknowledged < self._min_replicas:
+                raise ReplicasMissingError(
+                    f"the fenced write was applied on the primary, but only {acknowledged} of "
+                    f"min_replicas={self._min_replicas} replicas acknowledged it within {wait_ms} "
+                    "ms: a failover before they do may lose it. Check that the replicas are "
+                    "connected (INFO replication), or lower min_replicas"
+                )
+        written = int(reply[0]) == 1
+        return written, (reply[1] if written and len(reply) > 1 else None)
+
+    def _check_slots(self, keys: tuple[str | bytes, ...]) -> None:
+        slot = key_slot(self._keys[2].encode())
+        for key in keys:
+            if key_slot(key.encode() if isinstance(key, str) else key) != slot:
+                raise self._cross_slot((key,))
+
+    def _cross_slot(self, keys: tuple[str | bytes, ...]) -> CrossSlotError:
+        tag = _hash_tag(self._keys[2]) or ""
+        named = ", ".join(repr(_text(key)) for key in keys) or "the keys"
+        return CrossSlotError(
+            f"{named} is not in the election's Redis Cluster hash slot "
+            f"({key_slot(self._keys[2].encode())}): a fenced write checks the fence key and "
+            "writes in one script, which runs on one node. Give the key the election's hash tag "
+            f"{{{tag}}}, e.g. 'myapp:{{{tag}}}:progress' (with the default key names the tag is "
+            'the election\'s name: f"myapp:{{{config.name}}}:progress"). Data that cannot live '
+            "in that slot can carry fence.token to a resource that checks it (docs/recipes.md, "
+            "fencing tokens in a database)"
+        )
 
     def _parse_info(self, raw: Any) -> LeaderInfo:
         try:

@@ -38,10 +38,10 @@ What runs where:
 - ``on_become_leader`` / ``on_lose_leadership`` callbacks run one at a time, in registration order,
   in a worker thread, so a slow callback delays later callbacks but never a heartbeat.
 - Each ``while_leader`` function runs in a worker thread of its own for the length of a term.
-- ``is_leader``, ``fencing_token``, ``instance_id``, ``config`` and ``statistics()`` never block
-  and are safe from any thread. ``wait_until_leader()``, ``wait_until_follower()``, ``resign()``,
-  ``get_leader_info()`` and ``get_leader_id()`` block the calling thread, and many threads may
-  call them at once.
+- ``is_leader``, ``fencing_token``, ``instance_id``, ``config``, ``statistics()`` and
+  ``fence()`` never block and are safe from any thread. ``wait_until_leader()``,
+  ``wait_until_follower()``, ``resign()``, ``get_leader_info()``, ``get_leader_id()`` and the
+  writes of a :class:`SyncFence` block the calling thread, and many threads may call them at once.
 
 An election that is never stopped does not hold up interpreter exit: its thread is a daemon, and
 an ``atexit`` hook stops it first (releasing the lock and running the lose callbacks), giving up
@@ -62,7 +62,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
@@ -82,11 +82,17 @@ from ._callbacks import (
 from ._config import ElectionConfig, config_argument, new_instance_id
 from ._core import ElectionStatistics
 from ._election import Lifecycle
-from ._exceptions import ConfigurationError, ElectionNotRunningError, LeaderElectionError
+from ._exceptions import (
+    ConfigurationError,
+    ElectionNotRunningError,
+    LeaderElectionError,
+    NotLeaderError,
+)
+from ._fence import SyncFence
 from ._info import LeaderInfo
 from ._term import current_term
 
-__all__ = ["LeaderElection", "RedisFactory"]
+__all__ = ["LeaderElection", "RedisFactory", "SyncFence"]
 
 logger = logging.getLogger("leaderelection")
 
@@ -281,6 +287,29 @@ class LeaderElection:
                 stats, state="stopped", is_leader=False, fencing_token=None, leader_id=None
             )
         return stats
+
+    def fence(self) -> SyncFence:
+        """A :class:`SyncFence` bound to the current term: blocking writes to Redis that are
+        refused from the moment the term is over (see ``leaderelection.LeaderElection.fence``).
+        Never blocks; any thread.
+
+        Raises:
+            NotLeaderError: this instance does not lead, or the calling ``while_leader``
+                function belongs to a term that has ended.
+        """
+        election = self._election
+        if election is None or self._forked or self._state != "running":
+            raise NotLeaderError(
+                f"{self.instance_id} does not lead: the election is "
+                f"{'stopped' if self._forked else self._state}"
+            )
+        role = self._thread_role
+        if role.role == "job" and role.token is not None and role.token != election.fencing_token:
+            raise NotLeaderError(
+                f"fence() was called from a while_leader function of the term with fencing "
+                f"token {role.token}, which has ended (its term_over event is set)"
+            )
+        return SyncFence(election.fence(), self._fence_call)
 
     @property
     def async_election(self) -> _election.LeaderElection:
@@ -647,6 +676,11 @@ class LeaderElection:
                 "call start() first"
             )
         return election
+
+    def _fence_call(self, what: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """A fence's write, run on the election's loop; refused on the loop's own thread."""
+        self._refuse_on_loop_thread(what)
+        return self._call(what, func)
 
     def _call(self, what: str, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``func(*args)`` on the election's loop and block until it returns."""

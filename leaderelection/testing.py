@@ -6,7 +6,7 @@
 - :class:`FakeSyncLeaderElection`: the same for :class:`leaderelection.sync.LeaderElection`,
   with blocking controls and callbacks and ``while_leader`` functions in threads.
 - :class:`FakeElectionGroup`: several doubles of one election, with one leader at most, one
-  fencing-token counter and one view of who leads.
+  fencing-token counter and one view of who leads; their fences write into its ``data``.
 - :class:`FakeClock`, :class:`MemoryServer` and :class:`MemoryStore`: what the library's own
   tests run the real :class:`~leaderelection.LeaderElection` on: a clock that moves only when
   the test moves it, and the lease store's rules in memory (with faults to inject), so that a
@@ -40,7 +40,7 @@ See ``docs/testing.md``.
 """
 
 from ._clock import FakeClock
-from ._double import FakeElectionGroup, FakeLeaderElection, FakeSyncLeaderElection
+from ._double import FakeElectionGroup, FakeLeaderElection, FakeSyncLeaderElection, FencedEval
 from ._memory import MemoryServer, MemoryStore
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "FakeElectionGroup",
     "FakeLeaderElection",
     "FakeSyncLeaderElection",
+    "FencedEval",
     "MemoryServer",
     "MemoryStore",
 ]

@@ -14,21 +14,26 @@ Events (``e`` is the event name, ``t`` the monotonic time):
 * ``lost`` (``token``, ``reason``): a term ended;
 * ``become_start``/``become_end``/``lose_start``/``lose_end`` (``token``): the user callbacks;
 * ``worker_start``/``worker_cancelled``/``worker_end`` (``token``): the ``while_leader`` task;
-* ``write`` (``token``, ``seq``, ``t0``, ``ok``): a fenced action came back from the resource;
+* ``write`` (``token``, ``seq``, ``t0``, ``ok``, ``at``): a fenced write came back: ``ok`` when
+  written, ``at`` where it was decided (``"redis"`` by the script's check, ``"local"`` by the
+  fence's own check before anything was sent);
 * ``block_start``/``block_end`` (``seconds``): the leader task blocked the event loop.
 
-While it leads, the ``while_leader`` task performs fenced actions on the resource server: it reads
-``is_leader`` and ``fencing_token``, then sends a write that the resource applies only when the
-token is not lower than the highest it has seen. Sent by a leader that has since been replaced,
-the write is rejected: that is what fencing is for. The ``block SECONDS`` command (on stdin)
-makes the task block the event loop with ``time.sleep`` between reading the token and sending
-the write, which is the textbook stale leader. ``stop`` stops the election.
+While it leads, the ``while_leader`` task makes a :class:`~leaderelection.Fence` for its term and
+appends a record (token, writer, sequence number, send time) to a list on the lease server
+through it (``Fence.eval``), every 20 ms: Redis applies the write only while the fence key holds
+the term's token and the lock its lease. Sent by a leader that has since been replaced, the write
+is refused: that is what fencing is for. The ``block SECONDS`` command (on stdin) makes the next
+write block the event loop with ``time.sleep`` after the fence's local check has passed and
+before the script is sent, which is the textbook stale leader: its write reaches Redis after a
+successor was elected. ``stop`` stops the election.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -36,27 +41,62 @@ import sys
 import time
 from typing import Any
 
-import redis.asyncio
-
-from leaderelection import ElectionConfig, LeaderElection
+from leaderelection import ElectionConfig, Fence, LeaderElection, NotLeaderError, StoreError
 from leaderelection._core import BecameLeader, LostLeadership
+from leaderelection._store import FencedWrite
 
-# The fenced resource: accept a write only if its token is not lower than the highest accepted
-# so far. Tokens are decimal strings without leading zeros, compared exactly (length, then
-# text), never as Lua doubles. Every write, accepted or not, is logged in arrival order.
-FENCED_WRITE = """
-local highest = redis.call('GET', KEYS[1])
-local token = ARGV[1]
-local ok = 0
-if not highest or #token > #highest or (#token == #highest and token >= highest) then
-  redis.call('SET', KEYS[1], token)
-  ok = 1
-end
-redis.call('RPUSH', KEYS[2], cjson.encode({token, ARGV[2], tonumber(ARGV[3]), ARGV[4], ok}))
-return ok
+# The fenced resource: a list on the lease server, in the election's hash slot, to which each
+# write appends its record; the Fence runs it only while the term holds. Its arrival order is
+# the order in which Redis applied the writes.
+FENCED_APPEND = """
+return redis.call('RPUSH', KEYS[1], cjson.encode({ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]}))
 """
-RESOURCE_KEYS = ("fenced:highest", "fenced:log")
 WRITE_EVERY = 0.02
+
+
+def resource_key(name: str) -> str:
+    """The fenced list of the election ``name`` (with its hash tag, so in its slot)."""
+    return f"chaos:{{{name}}}:fenced-log"
+
+
+class Recorder:
+    """A fence's writer that records the outcome of every write that passed the fence's local
+    check, and that can block the event loop right then, before the script leaves (the fault
+    ``block SECONDS``).
+
+    The write runs in a task of its own, shielded, and its outcome is recorded when its reply
+    comes: a stale leader's write is sent when its loop unblocks, and the end of its term then
+    cancels the ``while_leader`` task that awaits it, but not the write.
+    """
+
+    def __init__(self, writer: Any, history: History, blocks: collections.deque[float]) -> None:
+        self._writer = writer
+        self._history = history
+        self._blocks = blocks
+        self.write: dict[str, Any] = {}  # the token, seq and t0 of the write being made
+        self.sent = False
+
+    async def fenced_write(self, write: FencedWrite, **options: Any) -> tuple[bool, Any]:
+        self.sent = True
+        if self._blocks:
+            seconds = self._blocks.popleft()
+            self._history.emit("block_start", seconds=seconds)
+            time.sleep(seconds)  # noqa: ASYNC251 (the fault itself: a task blocking the loop)
+            self._history.emit("block_end", seconds=seconds)
+        fields = dict(self.write)
+        task = asyncio.ensure_future(self._writer.fenced_write(write, **options))
+
+        def record(done: asyncio.Future[tuple[bool, Any]]) -> None:
+            if done.cancelled():
+                return
+            if (error := done.exception()) is not None:
+                self._history.emit("write_error", **fields, error=repr(error))
+            else:
+                self._history.emit("write", **fields, ok=done.result()[0], at="redis")
+
+        task.add_done_callback(record)
+        written: tuple[bool, Any] = await asyncio.shield(task)
+        return written
 
 
 class History:
@@ -140,40 +180,34 @@ async def main(settings: dict[str, Any]) -> None:
         retry_interval=settings["retry"],
     )
     election = recording_election(settings["lease_url"], config, history)
-    resource = redis.asyncio.from_url(
-        settings["resource_url"], socket_connect_timeout=config.lock_ttl.total_seconds()
-    )
-    write = resource.register_script(FENCED_WRITE)
     instance = settings["instance_id"]
-    ttl = config.lock_ttl.total_seconds()
+    key = resource_key(settings["name"])
     blocks: collections.deque[float] = collections.deque()
 
     async def fenced_actions() -> None:
         token = election.fencing_token
         history.emit("worker_start", token=token)
+        try:
+            fence: Fence = election.fence()
+        except NotLeaderError:  # the term ended before its task ran
+            history.emit("worker_end", token=token)
+            return
+        recorder = Recorder(fence._writer, history, blocks)
+        fence._writer = recorder
         seq = 0
         try:
             while True:
-                if not election.is_leader:
-                    await asyncio.sleep(WRITE_EVERY)
-                    continue
-                current = election.fencing_token
-                if blocks:
-                    seconds = blocks.popleft()
-                    history.emit("block_start", seconds=seconds)
-                    time.sleep(seconds)  # noqa: ASYNC251 (the fault itself: a task blocking the loop)
-                    history.emit("block_end", seconds=seconds)
                 seq += 1
                 t0 = time.monotonic()
-                try:
-                    async with asyncio.timeout(ttl):
-                        ok = await write(
-                            keys=list(RESOURCE_KEYS), args=[current, instance, seq, t0]
-                        )
-                except (TimeoutError, redis.RedisError) as exc:  # a network fault: go on
-                    history.emit("write_error", token=current, seq=seq, t0=t0, error=repr(exc))
-                else:
-                    history.emit("write", token=current, seq=seq, t0=t0, ok=ok)
+                recorder.write = {"token": fence.token, "seq": seq, "t0": t0}
+                recorder.sent = False
+                # A network fault or a restart is recorded by the recorder; go on.
+                with contextlib.suppress(StoreError):
+                    result = await fence.eval(
+                        FENCED_APPEND, keys=[key], args=[fence.token, instance, seq, t0]
+                    )
+                    if not recorder.sent:  # refused by the fence's local check
+                        history.emit("write", **recorder.write, ok=bool(result), at="local")
                 await asyncio.sleep(WRITE_EVERY)
         except asyncio.CancelledError:
             history.emit("worker_cancelled", token=token)
@@ -195,7 +229,6 @@ async def main(settings: dict[str, Any]) -> None:
         elif command == "stop":
             break
     await election.stop()
-    await resource.aclose()
     history.emit("stopped")
 
 

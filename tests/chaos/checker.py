@@ -2,18 +2,23 @@
 
 Inputs (in one directory): ``agent-*.jsonl`` (one per candidate process, see
 :mod:`tests.chaos.agent`), ``faults.jsonl`` (the runner's schedule: each fault with its
-``inject`` and ``heal`` times) and ``resource.jsonl`` (the fenced resource's log of every write
-in the order it arrived: token, writer, sequence number, send time, accepted).
+``inject`` and ``heal`` times) and ``resource.jsonl`` (the fenced resource: every write Redis
+applied through a :class:`~leaderelection.Fence`, in the order it applied them: token, writer,
+sequence number, send time). The writes refused come from the histories (``write`` events with
+``ok`` false).
 
 Properties, per fault type and in total:
 
 * **S1** overlapping leadership: the ``is_leader`` interval of a term runs from its ``acquired``
   event to the earliest of its ``lost`` event, its last local lease deadline (``until``: after it
   ``is_leader`` reads False whatever the event loop is doing), and the process's death. Two
-  intervals of different processes must not overlap. Fenced actions: in the resource's arrival
-  order, an accepted write must never carry a token lower than one accepted before it.
-* **S2** fencing tokens strictly increase from term to term (terms ordered by start), and writes
-  by a replaced leader are rejected (counted, with the fault during which they were sent).
+  intervals of different processes must not overlap. Fenced writes: in the order Redis applied
+  them, a write must never carry a token lower than one applied before it (``fenced``).
+* **S2** fencing tokens strictly increase from term to term (terms ordered by start), and no
+  stale write is applied: a write sent after a term with a higher token had begun (its
+  ``acquired`` event, which follows its grant at Redis) must be refused (``stale applied``, must
+  be 0). The writes refused are counted (``stale refused``), and among them those refused by
+  Redis itself, past the fence's local check (``at redis``).
 * **S3** callbacks: per process, each term runs ``become`` (start, end), then its
   ``while_leader`` task ends, then exactly one ``lose`` (start, end); the numbers of becomes and
   loses match the terms acquired and lost. A killed process may stop anywhere in that sequence.
@@ -59,7 +64,10 @@ class Row:
     max_overlap: float = 0.0
     fenced_overlaps: int = 0
     token_regressions: int = 0
+    stale_applied: int = 0
     stale_rejected: int = 0
+    rejected_at_redis: int = 0
+    rejected_locally: int = 0
     unbalanced: int = 0
     step_downs: int = 0
     leaderless: list[float] = field(default_factory=list)
@@ -87,6 +95,7 @@ class Report:
         return (
             t.overlaps == 0
             and t.fenced_overlaps == 0
+            and t.stale_applied == 0
             and t.token_regressions == 0
             and t.unbalanced == 0
             and not self.unexplained_step_downs
@@ -199,25 +208,37 @@ def check(directory: Path) -> Report:
         if term.token <= previous.token:
             bump(fault_at(term.start), "token_regressions")
 
-    # -- the fenced resource (S1 fenced actions, S2 stale writes) --------------------------
-    accepted = rejected = 0
+    # -- the fenced resource (S1 fenced writes, S2 stale writes) ---------------------------
+    applied = 0
     highest = -1
     resource_path = directory / "resource.jsonl"
     writes = _load(resource_path) if resource_path.exists() else []
     if not resource_path.exists():
         problems.append("the resource log was not saved")
-    for token_text, _writer, _seq, sent, ok in writes:
-        token = int(token_text)
-        if ok:
-            accepted += 1
-            if token < highest:
-                bump(fault_at(float(sent)), "fenced_overlaps")
-            highest = max(highest, token)
-        else:
-            rejected += 1
-            if token >= highest:  # the resource refused a write it had to take
-                problems.append(f"write with token {token} rejected below {highest}")
-            bump(fault_at(float(sent)), "stale_rejected")
+    began = sorted((term.start, term.token) for term in terms)
+
+    def newer_term_before(t: float, token: int) -> bool:
+        """Whether a term with a token above ``token`` had begun before ``t``."""
+        return any(token_ > token for start, token_ in began if start < t)
+
+    for token_text, _writer, _seq, sent_text in writes:
+        token, sent = int(token_text), float(sent_text)
+        applied += 1
+        if token < highest:
+            bump(fault_at(sent), "fenced_overlaps")
+        highest = max(highest, token)
+        if newer_term_before(sent, token):
+            bump(fault_at(sent), "stale_applied")
+    rejected = 0
+    for events in histories.values():
+        for e in events:
+            if e["e"] == "write" and not e["ok"]:
+                rejected += 1
+                bump(fault_at(e["t0"]), "stale_rejected")
+                if e.get("at") == "redis":
+                    bump(fault_at(e["t0"]), "rejected_at_redis")
+                elif e.get("at") == "local":
+                    bump(fault_at(e["t0"]), "rejected_locally")
 
     # -- L1 and L2 --------------------------------------------------------------------------
     def casualty(term: Term, until: float) -> bool:
@@ -256,7 +277,7 @@ def check(directory: Path) -> Report:
         unexplained_step_downs=unexplained,
         problems=problems,
         terms=len(terms),
-        writes_accepted=accepted,
+        writes_accepted=applied,
         writes_rejected=rejected,
         ttl=ttl,
         retry=retry,
@@ -322,7 +343,8 @@ def format_table(report: Report) -> str:
     """The report as a plain-text table, one row per fault type and a total."""
     header = (
         f"{'fault':<24}{'n':>4}{'S1 overl':>9}{'max ms':>7}{'fenced':>7}{'tok reg':>8}"
-        f"{'stale rej':>10}{'unbal':>6}{'steps':>6}{'leaderless':>11}"
+        f"{'stale app':>10}{'stale ref':>10}{'at redis':>9}{'unbal':>6}{'steps':>6}"
+        f"{'leaderless':>11}"
         f"{'L1 p50':>7}{'p95':>6}{'max':>6}{'bound':>6}{'over':>5}"
     )
     lines = [header, "-" * len(header)]
@@ -331,7 +353,8 @@ def format_table(report: Report) -> str:
         gaps = [g for g in row.leaderless if g > 0]
         return (
             f"{name:<24}{row.injected:>4}{row.overlaps:>9}{row.max_overlap * 1000:>7.0f}"
-            f"{row.fenced_overlaps:>7}{row.token_regressions:>8}{row.stale_rejected:>10}"
+            f"{row.fenced_overlaps:>7}{row.token_regressions:>8}{row.stale_applied:>10}"
+            f"{row.stale_rejected:>10}{row.rejected_at_redis:>9}"
             f"{row.unbalanced:>6}{row.step_downs:>6}{len(gaps):>11}"
             f"{_ms(gaps, 0.5):>7}{_ms(gaps, 0.95):>6}{_ms(gaps, 1.0):>6}{bound:>6}"
             f"{row.over_bound + row.no_leader:>5}"
@@ -348,8 +371,11 @@ def format_table(report: Report) -> str:
     gaps = [g for g in t.leaderless if g > 0]
     lines += [
         "",
-        f"terms {report.terms}, fenced writes accepted {report.writes_accepted}, "
-        f"rejected as stale {report.writes_rejected}; run {report.duration:.0f}s, "
+        f"terms {report.terms}, fenced writes applied {report.writes_accepted}, "
+        f"refused {report.writes_rejected} ({t.rejected_at_redis} by Redis, "
+        f"{t.rejected_locally} by the fence's local check), stale writes applied "
+        f"{t.stale_applied}; "
+        f"run {report.duration:.0f}s, "
         f"lock_ttl {report.ttl}s, retry_interval {report.retry}s",
         f"faults {t.injected}; leaderless after the heal in {len(gaps)} "
         f"(mean {statistics.fmean(gaps) * 1000 if gaps else 0:.0f} ms); "

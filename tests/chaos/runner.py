@@ -1,16 +1,20 @@
 """The chaos runner: candidates, real redis-servers, proxies, and a seeded schedule of faults.
 
-Topology: one lease server (AOF on, ``appendfsync always``) and one fenced-resource server, both
-``redis-server`` processes on free loopback ports; 3 to 5 candidate processes
-(:mod:`tests.chaos.agent`), each behind its own pair of :class:`~tests.redis_harness.TcpProxy`
-(one to the lease server, one to the resource), so that a network fault on a candidate hits
-both of its links, as a real partition would.
+Topology: one lease server (AOF on, ``appendfsync always``), a ``redis-server`` process on a free
+loopback port, which also holds the fenced resource (a list in the election's hash slot that the
+leaders append to through their :class:`~leaderelection.Fence`); 3 to 5 candidate processes
+(:mod:`tests.chaos.agent`), each behind its own :class:`~tests.redis_harness.TcpProxy`, so that a
+network fault on a candidate cuts its election and its fenced writes alike, as a real partition
+would.
 
 The schedule is random but seeded: faults come in rounds, each round every fault type once in a
 shuffled order, so even a short run covers every type. Before each fault the runner waits until a
 candidate leads (the leader is read from the histories, the same files the checker reads), then
 injects the fault, heals it, and records both times in ``faults.jsonl``. At the end the agents
-are stopped and the resource's log of fenced writes is saved as ``resource.jsonl``.
+are stopped and the fenced list is saved as ``resource.jsonl``. A restart without persistence
+empties the list: the runner reads it just before every restart, and the saved log is those
+readings and the last one, each record once, in order (a write applied in the instant between
+the last reading and a volatile restart is lost with the data, and missing from the log).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any, BinaryIO
 
 import redis.asyncio
 
-from tests.chaos.agent import RESOURCE_KEYS
+from tests.chaos.agent import resource_key
 from tests.redis_harness import RedisServer, TcpProxy
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -79,12 +83,11 @@ class ChaosSettings:
 
 
 class Agent:
-    """One candidate slot: its two proxies and the current process (a new one after a kill)."""
+    """One candidate slot: its proxy and the current process (a new one after a kill)."""
 
-    def __init__(self, index: int, lease: TcpProxy, resource: TcpProxy) -> None:
+    def __init__(self, index: int, lease: TcpProxy) -> None:
         self.index = index
         self.lease = lease
-        self.resource = resource
         self.proc: asyncio.subprocess.Process | None = None
         self.instance_id = ""
         self.incarnation = 0
@@ -95,8 +98,8 @@ class Agent:
         self.until: float | None = None  # the open term's lease deadline, else None
 
     @property
-    def proxies(self) -> tuple[TcpProxy, TcpProxy]:
-        return (self.lease, self.resource)
+    def proxies(self) -> tuple[TcpProxy]:
+        return (self.lease,)
 
     def read_new(self) -> None:
         """Read the history lines appended since the last call."""
@@ -133,7 +136,7 @@ class ChaosRun:
         self.rng = random.Random(settings.seed)
         self.agents: list[Agent] = []
         self.lease_server: RedisServer | None = None
-        self.resource_server: RedisServer | None = None
+        self.resource_log: list[bytes] = []  # the fenced list's records, each once, in order
         self._faults = open(out / "faults.jsonl", "w")  # noqa: SIM115 (closed in run())
         self.injected = 0
 
@@ -181,7 +184,6 @@ class ChaosRun:
             "heartbeat": self.s.heartbeat,
             "retry": self.s.retry,
             "lease_url": agent.lease.url,
-            "resource_url": agent.resource.url,
         }
         env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         with _open(self.out / f"agent-{agent.instance_id}.log") as log:
@@ -281,6 +283,7 @@ class ChaosRun:
             rec["heal"] = time.monotonic()
         else:
             rec["target"] = "redis"
+            await self.read_resource_log()  # a restart without persistence empties it
             rec["inject"] = time.monotonic()
             if fault == "redis_restart_shutdown":
                 await asyncio.to_thread(server.shutdown)  # AOF is fsynced: nothing is lost
@@ -309,20 +312,16 @@ class ChaosRun:
         s = self.s
         end_by = time.monotonic() + s.minutes * 60
         self.lease_server = RedisServer(appendonly=True)
-        self.resource_server = RedisServer()
         self.record(meta={**asdict(self.s), "types": list(s.types)}, t=time.monotonic())
         try:
             await asyncio.to_thread(self.lease_server.start)
-            await asyncio.to_thread(self.resource_server.start)
             # Restart protection holds a free lock back until the server has been up this long.
             need = math.ceil(s.ttl) + 1
             await asyncio.to_thread(self.lease_server.wait_uptime_above, need)
             for index in range(s.candidates):
                 lease = TcpProxy.for_server(self.lease_server)
-                resource = TcpProxy.for_server(self.resource_server)
                 await lease.start()
-                await resource.start()
-                self.agents.append(Agent(index, lease, resource))
+                self.agents.append(Agent(index, lease))
             for agent in self.agents:
                 await self.spawn(agent)
             self.record(started=time.monotonic())
@@ -354,8 +353,7 @@ class ChaosRun:
                 await kill(agent)
                 for proxy in agent.proxies:
                     await proxy.close()
-            for server in (self.lease_server, self.resource_server):
-                server.close()
+            self.lease_server.close()
             self._faults.close()
 
     async def shutdown_agents(self) -> None:
@@ -369,13 +367,26 @@ class ChaosRun:
                         await agent.proc.wait()
         self.refresh()
 
-    async def save_resource_log(self) -> None:
-        assert self.resource_server is not None
-        client = redis.asyncio.Redis(host="127.0.0.1", port=self.resource_server.port)
+    async def read_resource_log(self) -> None:
+        """Add the fenced list's records not read before (each record names its writer and
+        sequence number, so a record is never taken twice)."""
+        assert self.lease_server is not None
+        client = redis.asyncio.Redis(host="127.0.0.1", port=self.lease_server.port)
         async with client:
-            entries = await client.lrange(RESOURCE_KEYS[1], 0, -1)
+            entries = await client.lrange(resource_key(self.s.name), 0, -1)
+        seen = {_record_id(entry) for entry in self.resource_log}
+        self.resource_log += [entry for entry in entries if _record_id(entry) not in seen]
+
+    async def save_resource_log(self) -> None:
+        await self.read_resource_log()
         with _open(self.out / "resource.jsonl") as f:
-            f.writelines(entry + b"\n" for entry in entries)
+            f.writelines(entry + b"\n" for entry in self.resource_log)
+
+
+def _record_id(entry: bytes) -> tuple[str, int]:
+    """The writer and sequence number of a fenced record."""
+    _token, writer, seq, _sent = json.loads(entry)
+    return writer, int(seq)
 
 
 def _open(path: Path) -> BinaryIO:

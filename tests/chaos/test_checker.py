@@ -44,18 +44,29 @@ def make_run(
     return tmp_path
 
 
+def refused(t0: float, token: int, seq: int, at: str = "redis") -> dict[str, Any]:
+    """A fenced write that came back refused."""
+    event = {"e": "write", "t": t0 + 0.01, "token": token, "seq": seq, "t0": t0, "ok": False}
+    return {**event, "at": at}
+
+
 def test_a_clean_history_is_safe(tmp_path: Path) -> None:
     faults = [{"fault": "net_delay", "target": "a", "inject": 9.0, "heal": 10.0}]
+    a = term(1, 10, 100, reason="renew_deadline")
+    a.insert(4, refused(9.5, 100, 2))
+    a.insert(5, refused(9.8, 100, 3, at="local"))
     run = make_run(
         tmp_path,
-        {"a": term(1, 10, 100, reason="renew_deadline"), "b": term(10.5, 20, 200)},
+        {"a": a, "b": term(10.5, 20, 200)},
         faults,
-        [["100", "a", 1, 2.0, 1], ["200", "b", 1, 11.0, 1], ["100", "a", 2, 9.5, 0]],
+        [["100", "a", 1, 2.0], ["200", "b", 1, 11.0]],
     )
     report = check(run)
     assert report.safe, format_table(report)
     assert report.total.step_downs == 1
-    assert report.rows["net_delay"].stale_rejected == 1
+    assert report.rows["net_delay"].stale_rejected == 2
+    assert report.rows["net_delay"].rejected_at_redis == 1
+    assert report.writes_accepted == 2
     assert report.rows["net_delay"].leaderless == [0.5]
 
 
@@ -82,17 +93,22 @@ def test_token_regression_is_counted(tmp_path: Path) -> None:
     assert not report.safe
 
 
-def test_an_accepted_write_below_the_highest_token_is_a_fenced_overlap(tmp_path: Path) -> None:
-    writes = [["200", "b", 1, 11.0, 1], ["100", "a", 5, 11.5, 1]]
+def test_an_applied_write_below_the_highest_token_is_a_fenced_overlap(tmp_path: Path) -> None:
+    # sent before b's term began, applied after b's first write: out of order at Redis
+    writes = [["200", "b", 1, 11.0], ["100", "a", 5, 9.9]]
     report = check(make_run(tmp_path, {"a": term(1, 10, 100), "b": term(11, 20, 200)}, [], writes))
     assert report.total.fenced_overlaps == 1
+    assert report.total.stale_applied == 0
     assert not report.safe
 
 
-def test_a_rejected_write_that_had_to_be_accepted_is_a_problem(tmp_path: Path) -> None:
-    writes = [["100", "a", 1, 2.0, 1], ["200", "b", 1, 11.0, 0]]
+def test_a_write_applied_after_a_newer_term_began_is_a_stale_write(tmp_path: Path) -> None:
+    # a's write was sent at 12, after b's term began at 11, and Redis applied it (b wrote
+    # nothing yet, so the order of the applied writes alone would not show it)
+    writes = [["100", "a", 1, 2.0], ["100", "a", 2, 12.0]]
     report = check(make_run(tmp_path, {"a": term(1, 10, 100), "b": term(11, 20, 200)}, [], writes))
-    assert report.problems
+    assert report.total.stale_applied == 1
+    assert report.total.fenced_overlaps == 0
     assert not report.safe
 
 

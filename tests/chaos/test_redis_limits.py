@@ -5,8 +5,13 @@ granted a term, and that replica is promoted, the new primary has no lock: it gr
 term at once (its uptime is long, so the restart protection has nothing to hold back) while the
 first leader still reads ``is_leader`` True until its local deadline. No client-side protocol on
 a single asynchronously replicated lease store can prevent this; the fencing token can still
-order the two leaders' writes. This test builds that exact schedule, records the histories in
-the chaos format, and lets the chaos checker count the overlap and the rejected stale write.
+order the two leaders' writes at a resource that checks it. This test builds that exact schedule,
+records the histories in the chaos format, and lets the chaos checker count the overlap and the
+rejected stale write.
+
+The resource here is another Redis server that checks the token itself (the high-water mark a
+database would keep, as in the SQL recipe): a ``Fence`` writes to the election's own server,
+which is the one that failed over (``tests/integration/test_fence.py`` measures that window).
 """
 
 from __future__ import annotations
@@ -21,10 +26,25 @@ import pytest
 import redis.asyncio
 
 from leaderelection import ElectionConfig
-from tests.chaos.agent import FENCED_WRITE, RESOURCE_KEYS, History, recording_election
+from tests.chaos.agent import History, recording_election
 from tests.chaos.checker import check, format_table
 
 pytestmark = pytest.mark.redis
+
+# A resource that keeps the highest token it accepted and refuses a write below it. Tokens are
+# decimal strings without leading zeros, compared exactly (length, then text), never as Lua
+# doubles. The writes it applies are logged in the chaos format (token, writer, seq, sent).
+FENCED_WRITE = """
+local highest = redis.call('GET', KEYS[1])
+local token = ARGV[1]
+if highest and (#token < #highest or (#token == #highest and token < highest)) then
+  return 0
+end
+redis.call('SET', KEYS[1], token)
+redis.call('RPUSH', KEYS[2], cjson.encode({token, ARGV[2], tonumber(ARGV[3]), ARGV[4]}))
+return 1
+"""
+RESOURCE_KEYS = ("fenced:highest", "fenced:log")
 
 FAULT = "failover_lagging_replica"
 CONFIG: dict[str, Any] = {
@@ -87,9 +107,13 @@ async def test_failover_to_a_lagging_replica_overlaps_but_fencing_orders_the_wri
 
     async def fenced_write(token: int | None, writer: str, seq: int) -> int:
         assert token is not None
-        return int(
-            await write(keys=list(RESOURCE_KEYS), args=[token, writer, seq, time.monotonic()])
-        )
+        sent = time.monotonic()
+        ok = int(await write(keys=list(RESOURCE_KEYS), args=[token, writer, seq, sent]))
+        if not ok:  # a refusal is recorded by its writer, as a chaos agent does
+            History(str(tmp_path / f"agent-{writer}.jsonl")).emit(
+                "write", token=token, seq=seq, t0=sent, ok=False, at="resource"
+            )
+        return ok
 
     first, second = two_candidates(primary, replica, tmp_path)
     link.blackhole()  # replication stalls: the replica will miss the grant

@@ -47,6 +47,7 @@ migrations = load_example("migrations_at_startup")
 cache_warming = load_example("cache_warming")
 metrics = load_example("metrics_aggregation")
 fencing = load_example("fencing_sqlite")
+progress = load_example("fenced_progress")
 
 
 @pytest.fixture
@@ -428,6 +429,50 @@ async def test_fencing_example_main_uses_a_temporary_database(
     assert out.count("rejected") == 1
 
 
+# ------------------------------------------------------------------------ 7. Fenced progress
+
+
+@pytest.mark.redis
+async def test_the_job_carries_on_from_the_progress_and_the_old_term_is_refused(
+    shared_redis: RedisServer, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    items = [f"item-{n}" for n in range(1, 6)]
+    outcome = await progress.scenario(shared_redis.url, fast_config(name), items, stall_at=1)
+    assert outcome.token_b > outcome.token_a
+    assert outcome.late_write is False
+    assert outcome.results == ["item-1: done by A"] + [f"item-{n}: done by B" for n in range(2, 6)]
+    assert outcome.progress == {"done": "5", "token": str(outcome.token_b)}
+    assert "item-2: late, A" not in capsys.readouterr().out
+
+
+@pytest.mark.redis
+async def test_recording_an_item_again_changes_nothing(
+    shared_redis: RedisServer, name: str, data: Redis
+) -> None:
+    config = fast_config(name)
+    progress_key, results_key = progress.job_keys(config)
+    async with LeaderElection(shared_redis.url, config) as election:
+        await election.wait_until_leader(timeout=10)
+        fence = election.fence()
+        assert await progress.record(fence, config, 1, "first") is True
+        assert await progress.record(fence, config, 1, "first, sent again") is True
+        assert await progress.record(fence, config, 2, "second") is True
+    assert await data.lrange(results_key, 0, -1) == ["first", "second"]
+    assert await data.hget(progress_key, "done") == "2"
+    assert await progress.record(fence, config, 3, "after the term") is False
+
+
+@pytest.mark.redis
+async def test_fenced_progress_example_main_runs_six_items(
+    shared_redis: RedisServer, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcome = await progress.main(shared_redis.url, fast_config(name))
+    assert len(outcome.results) == 6
+    out = capsys.readouterr().out
+    assert out.count("done by A") == 2 and out.count("done by B") == 4
+    assert f"token {outcome.token_a}: False" in out
+
+
 # ------------------------------------------------------------------------------- the page
 
 
@@ -443,6 +488,7 @@ def test_the_recipes_page_quotes_the_examples_verbatim() -> None:
             "cache_warming",
             "metrics_aggregation",
             "fencing_sqlite",
+            "fenced_progress",
         )
     }
     for path, block in quotes:

@@ -12,19 +12,29 @@ It campaigns and prints one JSON line per event on stdout, flushed at once, with
 
 ``until`` is the monotonic time at which ``is_leader`` turns False unless renewed: it is read from
 the core the moment the core moves it, so a process paused right after a renewal still reports
-the true end of its leadership. Commands on stdin: ``resign``, ``stop``.
+the true end of its leadership. Commands on stdin: ``resign``, ``stop``, and fenced writes:
+
+* ``fence-set KEY VALUE``: a fence of the current term sets KEY, then prints
+  ``{"event": "fenced", "written": bool, "token": ..., "local": bool}`` (``local``: whether the
+  fence's local check passed);
+* ``pause-then-fence-set KEY VALUE``: the same, but once the fence's local check has passed the
+  process prints ``{"event": "pausing", "token": ...}`` and stops itself (SIGSTOP) before the
+  write leaves it: a leader paused in the middle of a write. After SIGCONT it sends the write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import sys
 import time
 from typing import Any
 
-from leaderelection import ElectionConfig, LeaderElection
+from leaderelection import ElectionConfig, Fence, LeaderElection
 from leaderelection._core import BecameLeader, LostLeadership
+from leaderelection._store import FencedWrite
 
 
 def emit(**fields: Any) -> None:
@@ -51,6 +61,29 @@ def record_transitions(election: LeaderElection) -> None:
         original_apply(transitions)
 
     campaign.apply = apply  # type: ignore[method-assign]
+
+
+class PausingWriter:
+    """A fence's writer that stops the process after the local check, before the write."""
+
+    def __init__(self, writer: Any, token: int) -> None:
+        self._writer = writer
+        self._token = token
+
+    async def fenced_write(self, write: FencedWrite, **options: Any) -> tuple[bool, Any]:
+        emit(event="pausing", t=time.monotonic(), token=self._token)
+        os.kill(os.getpid(), signal.SIGSTOP)  # returns after SIGCONT
+        written: tuple[bool, Any] = await self._writer.fenced_write(write, **options)
+        return written
+
+
+async def fenced_set(election: LeaderElection, key: str, value: str, *, pause: bool) -> None:
+    fence: Fence = election.fence()
+    local = fence.is_current
+    if pause:
+        fence._writer = PausingWriter(fence._writer, fence.token)
+    written = await fence.set(key, value)
+    emit(event="fenced", t=time.monotonic(), written=written, token=fence.token, local=local)
 
 
 async def main(argv: list[str]) -> None:
@@ -87,6 +120,9 @@ async def main(argv: list[str]) -> None:
             emit(event="resigned", t=time.monotonic())
         elif line == "stop":
             break
+        elif line.startswith(("fence-set ", "pause-then-fence-set ")):
+            command, key, value = line.split(" ", 2)
+            await fenced_set(election, key, value, pause=command.startswith("pause"))
     await election.stop()
     emit(event="stopped", t=time.monotonic())
 

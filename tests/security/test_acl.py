@@ -339,3 +339,30 @@ async def test_the_documented_acl_function_confines_overridden_keys(
     assert set(acl_denials(shared_redis, user)) - IGNORED_BY_REDIS_PY == {
         f"key:{look_alike.lock_key}"
     }
+
+
+async def test_fenced_writes_need_the_write_commands_on_the_applications_keys(
+    shared_redis: Any, admin: Any, name: str
+) -> None:
+    """The minimal ACL plus the application's keys: fence.set works (the election needs SET
+    anyway), fence.hset without HSET is refused with a message naming the fence and its key,
+    and nothing is written."""
+    user = f"fenced-{name}"
+    config = fast_config(name)
+    url = set_acl_user(
+        shared_redis, user, "pw", [*acl_rules(config), f"~myapp:{{{glob_escape(name)}}}:*"]
+    )
+    progress = f"myapp:{{{name}}}:progress"
+    async with LeaderElection(url, config) as election:
+        await election.wait_until_leader(timeout=10)
+        fence = election.fence()
+        assert await fence.set(progress, "step 1") is True
+        with pytest.raises(StoreAuthenticationError, match="may not write through the fence") as e:
+            await fence.hset(progress + ":h", {"done": 1})
+        assert progress + ":h" in str(e.value)
+        with pytest.raises(StoreAuthenticationError, match="may not write through the fence"):
+            await fence.eval("return redis.call('RPUSH', KEYS[1], 'x')", [progress + ":list"])
+        assert election.is_leader
+    assert await admin.get(progress) == b"step 1"
+    assert await admin.exists(progress + ":h", progress + ":list") == 0
+    assert {"command:hset", "command:rpush"} <= set(acl_denials(shared_redis, user))

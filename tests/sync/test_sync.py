@@ -888,15 +888,16 @@ def test_the_module_documents_every_public_name() -> None:
 
     assert sync.__doc__ is not None
     assert "with election:" in sync.__doc__
-    assert set(sync.__all__) == {"LeaderElection", "RedisFactory"}
-    assert LeaderElection.__doc__
-    for member_name, member in vars(LeaderElection).items():
-        if member_name.startswith("_"):
-            continue
-        doc = member.__doc__ if not isinstance(member, property) else member.fget.__doc__
-        assert doc, member_name
-        if inspect.isfunction(member):
-            assert inspect.getdoc(member)
+    assert set(sync.__all__) == {"LeaderElection", "RedisFactory", "SyncFence"}
+    for cls in (LeaderElection, sync.SyncFence):
+        assert cls.__doc__
+        for member_name, member in vars(cls).items():
+            if member_name.startswith("_"):
+                continue
+            doc = member.__doc__ if not isinstance(member, property) else member.fget.__doc__
+            assert doc, member_name
+            if inspect.isfunction(member):
+                assert inspect.getdoc(member)
 
 
 def test_the_docs_quote_the_example_verbatim_and_their_code_parses() -> None:

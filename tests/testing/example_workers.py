@@ -1,5 +1,5 @@
-"""The workers that docs/testing.md tests (there they are ``myworkers``): one asyncio task and
-one thread that run only while their instance leads."""
+"""The workers that docs/testing.md tests (there they are ``myworkers``): asyncio tasks and a
+thread that run only while their instance leads, one of them writing through a fence."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ def purge_while_leading(
         while token is not None and not term_over.is_set():
             purge(token)
             term_over.wait(every)  # wakes at once when the term ends
+
+
+def count_runs_while_leading(election: ElectionProtocol, key: str, *, every: float = 60.0) -> None:
+    @election.while_leader
+    async def count_periodically() -> None:
+        fence = election.fence()  # bound to this term
+        runs = 0
+        while True:
+            runs += 1
+            if not await fence.hset(key, {"runs": runs, "token": fence.token}):
+                return  # refused: the term is over
+            await asyncio.sleep(every)

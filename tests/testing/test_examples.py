@@ -22,7 +22,11 @@ from leaderelection.testing import (
     MemoryServer,
 )
 from tests.testing.example_app import create_app
-from tests.testing.example_workers import purge_while_leading, rebuild_reports_while_leading
+from tests.testing.example_workers import (
+    count_runs_while_leading,
+    purge_while_leading,
+    rebuild_reports_while_leading,
+)
 
 # --------------------------------------------------------------------------- the double
 
@@ -167,3 +171,24 @@ async def test_a_follower_takes_over_when_the_leaders_store_hangs() -> None:
         assert stepped_down <= config.renew_deadline.total_seconds()
         server.hanging = False
         await clock.advance_until(lambda: b.is_leader or a.is_leader, limit=30)
+
+
+# ------------------------------------------------------------------------- fenced writes
+
+
+async def test_the_worker_writes_through_its_fence_only_while_it_leads() -> None:
+    group = FakeElectionGroup()  # the fences of its members write into group.data
+    a = FakeLeaderElection(ElectionConfig(name="reports", instance_id="a"), group=group)
+    b = FakeLeaderElection(ElectionConfig(name="reports", instance_id="b"), group=group)
+    count_runs_while_leading(a, "myapp:{reports}:runs")
+    async with a, b:
+        first = await a.elect()  # the task ran until its first sleep
+        assert group.data == {"myapp:{reports}:runs": {"runs": "1", "token": str(first)}}
+
+        stale = a.fence()  # kept past the term, as a stalled task would
+        second = await a.hand_over(b)
+        assert await stale.hset("myapp:{reports}:runs", {"runs": 99}) is False
+        assert await b.fence().set("myapp:{reports}:owner", "b") is True
+        assert group.data["myapp:{reports}:runs"] == {"runs": "1", "token": str(first)}
+        assert group.data["myapp:{reports}:owner"] == "b"
+        assert second > first

@@ -17,7 +17,14 @@ import pytest
 import redis.asyncio
 from redis.crc import key_slot
 
-from leaderelection import ConfigurationError, LeaderElection, LeaderObserver, StoreError
+from leaderelection import (
+    ConfigurationError,
+    CrossSlotError,
+    FenceResult,
+    LeaderElection,
+    LeaderObserver,
+    StoreError,
+)
 from leaderelection._connect import UrlClient
 from tests.redis_harness import ClusterServers
 from tests.support import eventually, fast_config
@@ -155,6 +162,81 @@ async def test_min_replicas_waits_on_the_node_of_the_election_slot(
         finally:
             replica.resume()
         await election.wait_until_leader(timeout=10)
+
+
+async def test_fenced_writes_go_to_the_node_of_the_election_slot(
+    cluster: ClusterServers, name: str
+) -> None:
+    """Keys with the election's hash tag, written through fences from an election on another
+    node's URL (and, with min_replicas, acknowledged by the slot's replica); a replaced
+    leader's fence is refused there."""
+    config = fast_config(
+        name, lock_ttl="10s", heartbeat_interval="1s", min_replicas=1, restart_protection=False
+    )
+    progress = f"myapp:{{{config.name}}}:progress"
+    url = cluster.url_of(elsewhere(cluster, config.lock_key)[0])
+    async with (
+        cluster.client(decode_responses=True) as data,
+        LeaderElection(url, config) as a,
+        LeaderElection(url, config) as b,
+    ):
+        leader, follower = (a, b) if a.is_leader else (b, a)
+        old = leader.fence()
+        assert await old.set(progress, "first") is True
+        assert await old.hset(progress + ":h", {"step": 1}) is True
+        counted = await old.eval(
+            "return redis.call('INCRBY', KEYS[1], ARGV[1])", [progress + ":n"], [3]
+        )
+        assert counted == FenceResult(True, 3)
+        await leader.resign()
+        await follower.wait_until_leader(timeout=5)
+        new = follower.fence()
+        assert await new.set(progress, "second") is True
+        old._is_current = lambda: True  # leave the refusal to the slot's node
+        assert await old.set(progress, "stale") is False
+        assert await data.get(progress) == "second"
+        assert await data.hgetall(progress + ":h") == {"step": "1"}
+        assert await new.delete(progress, progress + ":h", progress + ":n") is True
+
+
+async def test_a_key_outside_the_election_slot_is_a_cross_slot_error(
+    cluster: ClusterServers, name: str
+) -> None:
+    config = fast_config(name, lock_ttl="10s", heartbeat_interval="1s", restart_protection=False)
+    async with cluster.client() as client, LeaderElection(client, config) as election:
+        assert election.is_leader
+        fence = election.fence()
+        outside = "myapp:progress"
+        assert key_slot(outside.encode()) != key_slot(config.lock_key.encode())
+        for write in (
+            fence.set(outside, "x"),
+            fence.delete(f"myapp:{{{config.name}}}:ok", outside),
+            fence.eval("return 1", [f"myapp:{{{config.name}}}:ok", outside]),
+        ):
+            with pytest.raises(CrossSlotError) as refused:
+                await write
+        message = str(refused.value)
+        assert "'myapp:progress' is not in the election's Redis Cluster hash slot" in message
+        assert f"'myapp:{{{config.name}}}:progress'" in message
+        assert isinstance(refused.value, ConfigurationError)
+        assert await client.exists(outside) == 0
+        assert election.is_leader  # a refused write costs the term nothing
+
+
+async def test_a_plain_client_on_the_slot_owner_gets_the_cross_slot_error_too(
+    cluster: ClusterServers, name: str
+) -> None:
+    """A client that does not know the cluster sends the script; the node answers CROSSSLOT."""
+    config = fast_config(name, lock_ttl="10s", heartbeat_interval="1s", restart_protection=False)
+    owner = cluster.owner_of(config.lock_key)
+    async with (
+        redis.asyncio.Redis(host=owner.host, port=owner.port) as plain,
+        LeaderElection(plain, config) as election,
+    ):
+        assert election.is_leader
+        with pytest.raises(CrossSlotError, match=r"myapp:\{" + config.name + r"\}:progress"):
+            await election.fence().set("myapp:progress", "x")
+        assert await election.fence().set(f"myapp:{{{config.name}}}:progress", "x") is True
 
 
 async def test_a_cluster_url_with_a_database_number_is_refused_at_start(
