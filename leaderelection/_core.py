@@ -296,6 +296,41 @@ _MAX_UNKNOWN = 8  # unknown-outcome tokens kept (the oldest is dropped first)
 class ElectionCore:
     """The state of one candidate. Not thread-safe; one event loop drives it."""
 
+    # Slots: with more attributes than a shared-key instance dict holds, every candidate would
+    # carry a dict of its own (about 1.4 KB).
+    __slots__ = (
+        "_rng",
+        "acquire_results",
+        "attempts",
+        "errors",
+        "errors_by_kind",
+        "held_back_until",
+        "instance_id",
+        "last_error",
+        "last_renew_latency",
+        "latency_counts",
+        "latency_sum",
+        "leader_id",
+        "lease_deadline",
+        "losses",
+        "next_acquire_at",
+        "next_renew_at",
+        "notices",
+        "phase",
+        "priority",
+        "releases_heard",
+        "renew_failures",
+        "renewals",
+        "restart_protection",
+        "store_errors",
+        "term",
+        "terms_won",
+        "timings",
+        "transitions",
+        "unknown_tokens",
+        "wakeups",
+    )
+
     def __init__(
         self,
         timings: Timings,

@@ -42,7 +42,7 @@ import time
 from typing import Any
 
 from leaderelection import ElectionConfig, Fence, LeaderElection, NotLeaderError, StoreError
-from leaderelection._core import BecameLeader, LostLeadership
+from leaderelection._core import BecameLeader, LostLeadership, Phase
 from leaderelection._store import FencedWrite
 
 # The fenced resource: a list on the lease server, in the election's hash slot, to which each
@@ -137,16 +137,17 @@ def recording_election(redis_: Any, config: ElectionConfig, history: History) ->
 
     campaign.apply = apply  # type: ignore[method-assign]
     core = campaign.core
-    original_renewed = core.renewed
+    original_renew = campaign._renew
 
-    def renewed(**kwargs: Any) -> Any:
+    async def renew(store: Any, token: str) -> None:
+        # A renewal that moved the deadline of a term that goes on (the core has slots: its
+        # methods cannot be patched on the instance).
         before = core.lease_deadline
-        out = original_renewed(**kwargs)
-        if core.lease_deadline != before and not out:
+        await original_renew(store, token)
+        if core.lease_deadline != before and core.phase is Phase.LEADER:
             history.emit("lease", until=core.lease_deadline)
-        return out
 
-    core.renewed = renewed  # type: ignore[method-assign]
+    campaign._renew = renew  # type: ignore[method-assign]
 
     # The callbacks take no arguments: they are matched to terms by order (the n-th become to
     # the n-th term), and the checker verifies that order against the acquired and lost events.

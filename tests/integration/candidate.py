@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from leaderelection import ElectionConfig, Fence, LeaderElection
-from leaderelection._core import BecameLeader, LostLeadership
+from leaderelection._core import BecameLeader, LostLeadership, Phase
 from leaderelection._store import FencedWrite
 
 
@@ -99,16 +99,19 @@ async def main(argv: list[str]) -> None:
     )
     election = LeaderElection(url, config)
     record_transitions(election)
-    core = election._campaign.core
-    original_renewed = core.renewed
+    campaign = election._campaign
+    core = campaign.core
+    original_renew = campaign._renew
 
-    def renewed(**kwargs: Any) -> Any:
-        out = original_renewed(**kwargs)
-        if not out:
+    async def renew(store: Any, token: str) -> None:
+        # A renewal that kept the term (the core has slots: its methods cannot be patched on
+        # the instance).
+        before = core.lease_deadline
+        await original_renew(store, token)
+        if core.lease_deadline != before and core.phase is Phase.LEADER:
             emit(event="lease", until=core.lease_deadline)
-        return out
 
-    core.renewed = renewed  # type: ignore[method-assign]
+    campaign._renew = renew  # type: ignore[method-assign]
     await election.start()
     emit(event="ready", leader=election.is_leader)
     loop = asyncio.get_running_loop()
