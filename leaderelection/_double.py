@@ -400,8 +400,10 @@ class _GroupWriter:
 
 
 def _text(value: str | bytes | int | float) -> str:
+    """A value as the group's ``data`` keeps it: bytes decoded (bytes that are not UTF-8 with
+    surrogate escapes, so ``text.encode(errors="surrogateescape")`` gives them back)."""
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode(errors="surrogateescape")
     return repr(value) if isinstance(value, float) else str(value)
 
 

@@ -96,7 +96,9 @@ class Fence:
             is sent, also when the term is over); a key that is one of the election's own.
         CrossSlotError: on a Redis Cluster, a key is not in the election's slot.
         StoreUnavailableError: Redis did not answer in time; the write may or may not have
-            happened (try again: a write that happened is the term's own).
+            happened. Trying again is safe for ``set``, ``hset``, ``delete`` and idempotent
+            scripts (a write that happened is the term's own); a script that adds (``INCRBY``,
+            ``RPUSH``) should carry an id it can check, or it may apply twice.
         ReplicasMissingError: with ``min_replicas``, the write was applied on the primary but
             fewer replicas acknowledged it in time (a failover may lose it).
         WrongKeyTypeError: a key holds a value of another type (``hset`` on a string).
@@ -284,7 +286,9 @@ class SyncFence:
     The same writes with the same checks, from any thread: each runs on the election's event
     loop and blocks the calling thread until Redis answered. A fence whose term is over returns
     False without a round trip. See :class:`Fence` for what each method does and raises; a
-    call from the election's own loop thread (``on_error``) raises ``LeaderElectionError``.
+    call from the election's own loop thread (``on_error``) raises ``LeaderElectionError``, and
+    a call during which the election stops raises ``ElectionNotRunningError`` (like a timeout,
+    the write may or may not have been applied: Redis refuses it once the lock is released).
     """
 
     __slots__ = ("_fence", "_run")

@@ -338,9 +338,11 @@ class MemoryStore:
 
 
 def _text(value: str | bytes | int | float) -> str:
-    """A value as Redis stores it: bytes decoded, a float as redis-py sends it."""
+    """A value as Redis stores it: bytes decoded (bytes that are not UTF-8, a pickle say, with
+    surrogate escapes: ``text.encode(errors="surrogateescape")`` gives them back), a float as
+    redis-py sends it."""
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode(errors="surrogateescape")
     return repr(value) if isinstance(value, float) else str(value)
 
 

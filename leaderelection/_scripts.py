@@ -283,27 +283,28 @@ return {1}
 def fenced_eval(script: str) -> str:
     """The caller's ``script`` as a fenced write: its body runs only when the guard passes.
 
-    The body becomes ``local function body(KEYS, ARGV) ... end``, called with the caller's own
-    keys and arguments (the guard's, at the end, cut off): the parameters shadow the globals,
-    so the script reads ``KEYS[1]`` and ``ARGV[1]`` as if it ran alone. It starts on the first
-    line, so that the line numbers of Redis's error messages are the caller's. Returns ``{1,
-    what the body returned}`` when written, ``{0}`` when refused; an error reply the body
-    returns (``redis.error_reply``) is returned as the script's error.
+    The guard comes first, on the first line, so that nothing of the script can run before it
+    (even a script that closes the function early); then the body becomes ``local function
+    body(KEYS, ARGV) ... end``, called with the caller's own keys and arguments (the guard's, at
+    the end, cut off): the parameters shadow the globals, so the script reads ``KEYS[1]`` and
+    ``ARGV[1]`` as if it ran alone. The script starts on the first line too, so that the line
+    numbers of Redis's error messages are the caller's. Returns ``{1, what the body returned}``
+    when written, ``{0}`` when refused; an error reply the body returns (``redis.error_reply``)
+    is returned as the script's error.
     """
     return (
+        "local nk_, na_ = #KEYS, #ARGV "
+        "if redis.call('GET', KEYS[nk_]) ~= ARGV[na_] "
+        "or redis.call('GET', KEYS[nk_ - 1]) ~= ARGV[na_ - 1] then return {0} end "
         "local function body(KEYS, ARGV) "
         + script
-        + "\nend\n"
-        + _FENCED
         + """
-if not fenced() then
-  return {0}
 end
 local keys, argv = {}, {}
-for i = 1, #KEYS - 2 do
+for i = 1, nk_ - 2 do
   keys[i] = KEYS[i]
 end
-for i = 1, #ARGV - 2 do
+for i = 1, na_ - 2 do
   argv[i] = ARGV[i]
 end
 local result = body(keys, argv)

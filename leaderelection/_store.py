@@ -199,6 +199,10 @@ class Store(Protocol):
         ...
 
 
+# (node, script) pairs a store remembers as cached on the server, at most; forgetting one only
+# costs sending its body once more.
+_CACHED_MAX: Final = 256
+
 _FENCED_SCRIPTS: Final = {"set": FENCED_SET, "hset": FENCED_HSET, "delete": FENCED_DELETE}
 
 
@@ -213,7 +217,8 @@ def _sha(src: str) -> str:
 
 
 def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """``value`` as text; bytes that are not UTF-8 (a binary key) show as escapes."""
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 # How servers word a missing ACL permission, also inside scripts (Redis 6.2, 7, Valkey 8).
@@ -303,7 +308,7 @@ def translate(exc: BaseException, what: str, keys: tuple[str, ...] = ()) -> Stor
     return StoreError(f"Redis answered an error while {what}: {message}")
 
 
-_WRITES: Final = ("acquiring the lock", "renewing the lease")
+_WRITES: Final = ("acquiring the lock", "renewing the lease", "writing through the fence")
 
 _KINDS: Final[tuple[tuple[type[BaseException], str], ...]] = (
     (ReplicasMissingError, "replicas_missing"),
@@ -475,6 +480,8 @@ class RedisStore:
             for result in (reply, acknowledged):
                 if isinstance(result, BaseException):
                     raise result
+            if len(self._cached) >= _CACHED_MAX:  # eval scripts made on the fly: stay bounded
+                self._cached.clear()
             self._cached.add(cache_key)
             return reply, int(acknowledged), wait_ms
         raise AssertionError("unreachable")  # pragma: no cover
@@ -750,8 +757,15 @@ class RedisStore:
         except StoreError as exc:
             cause = exc.__cause__
             if isinstance(cause, rx.ClusterCrossSlotError) or str(cause).startswith("CROSSSLOT"):
-                raise self._cross_slot(write.keys) from cause
-            if isinstance(exc, StoreAuthenticationError) and cause is not None:
+                raise self._cross_slot(self._outside(write.keys) or write.keys) from cause
+            wrong_credentials = isinstance(
+                cause, rx.AuthenticationError | rx.AuthenticationWrongNumberOfArgsError
+            )
+            if (
+                isinstance(exc, StoreAuthenticationError)
+                and cause is not None
+                and not (wrong_credentials)
+            ):
                 raise StoreAuthenticationError(
                     f"the Redis user may not write through the fence "
                     f"({', '.join(map(_text, write.keys)) or 'no keys'}): {cause}. Grant the "
@@ -777,10 +791,14 @@ class RedisStore:
         return written, (reply[1] if written and len(reply) > 1 else None)
 
     def _check_slots(self, keys: tuple[str | bytes, ...]) -> None:
+        outside = self._outside(keys)
+        if outside:
+            raise self._cross_slot(outside[:1])
+
+    def _outside(self, keys: tuple[str | bytes, ...]) -> tuple[str | bytes, ...]:
+        """The keys that are not in the election's cluster slot."""
         slot = key_slot(self._keys[2].encode())
-        for key in keys:
-            if key_slot(key.encode() if isinstance(key, str) else key) != slot:
-                raise self._cross_slot((key,))
+        return tuple(k for k in keys if key_slot(k.encode() if isinstance(k, str) else k) != slot)
 
     def _cross_slot(self, keys: tuple[str | bytes, ...]) -> CrossSlotError:
         tag = _hash_tag(self._keys[2]) or ""

@@ -16,7 +16,8 @@ Events (``e`` is the event name, ``t`` the monotonic time):
 * ``worker_start``/``worker_cancelled``/``worker_end`` (``token``): the ``while_leader`` task;
 * ``write`` (``token``, ``seq``, ``t0``, ``ok``, ``at``): a fenced write came back: ``ok`` when
   written, ``at`` where it was decided (``"redis"`` by the script's check, ``"local"`` by the
-  fence's own check before anything was sent);
+  fence's own check before anything was sent); ``seq`` numbers the process's writes across its
+  terms, ``t0`` is when the write left for Redis (after any block);
 * ``block_start``/``block_end`` (``seconds``): the leader task blocked the event loop.
 
 While it leads, the ``while_leader`` task makes a :class:`~leaderelection.Fence` for its term and
@@ -34,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -83,6 +86,10 @@ class Recorder:
             self._history.emit("block_start", seconds=seconds)
             time.sleep(seconds)  # noqa: ASYNC251 (the fault itself: a task blocking the loop)
             self._history.emit("block_end", seconds=seconds)
+        # The send time is now, after any block: the checker compares it with the terms that
+        # began before it. The record's last argument is that time.
+        self.write["t0"] = sent = time.monotonic()
+        write = dataclasses.replace(write, args=(*write.args[:-1], sent))
         fields = dict(self.write)
         task = asyncio.ensure_future(self._writer.fenced_write(write, **options))
 
@@ -184,6 +191,7 @@ async def main(settings: dict[str, Any]) -> None:
     instance = settings["instance_id"]
     key = resource_key(settings["name"])
     blocks: collections.deque[float] = collections.deque()
+    sequence = itertools.count(1)  # per process, across terms: (writer, seq) names one write
 
     async def fenced_actions() -> None:
         token = election.fencing_token
@@ -195,10 +203,9 @@ async def main(settings: dict[str, Any]) -> None:
             return
         recorder = Recorder(fence._writer, history, blocks)
         fence._writer = recorder
-        seq = 0
         try:
             while True:
-                seq += 1
+                seq = next(sequence)
                 t0 = time.monotonic()
                 recorder.write = {"token": fence.token, "seq": seq, "t0": t0}
                 recorder.sent = False

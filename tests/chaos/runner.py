@@ -368,14 +368,13 @@ class ChaosRun:
         self.refresh()
 
     async def read_resource_log(self) -> None:
-        """Add the fenced list's records not read before (each record names its writer and
-        sequence number, so a record is never taken twice)."""
+        """Add the fenced list's records not read before (each record names its term's token,
+        its writer and its sequence number, so a record is never taken twice)."""
         assert self.lease_server is not None
         client = redis.asyncio.Redis(host="127.0.0.1", port=self.lease_server.port)
         async with client:
             entries = await client.lrange(resource_key(self.s.name), 0, -1)
-        seen = {_record_id(entry) for entry in self.resource_log}
-        self.resource_log += [entry for entry in entries if _record_id(entry) not in seen]
+        self.resource_log = merge_records(self.resource_log, entries)
 
     async def save_resource_log(self) -> None:
         await self.read_resource_log()
@@ -383,10 +382,17 @@ class ChaosRun:
             f.writelines(entry + b"\n" for entry in self.resource_log)
 
 
-def _record_id(entry: bytes) -> tuple[str, int]:
-    """The writer and sequence number of a fenced record."""
-    _token, writer, seq, _sent = json.loads(entry)
-    return writer, int(seq)
+def merge_records(known: list[bytes], read: list[bytes]) -> list[bytes]:
+    """``known`` followed by the records of ``read`` not in it, in order."""
+    seen = {_record_id(entry) for entry in known}
+    return known + [entry for entry in read if _record_id(entry) not in seen]
+
+
+def _record_id(entry: bytes) -> tuple[str, str, int]:
+    """The token, writer and sequence number of a fenced record (a writer numbers its writes
+    across its terms; the token too keeps two terms' records apart regardless)."""
+    token, writer, seq, _sent = json.loads(entry)
+    return str(token), writer, int(seq)
 
 
 def _open(path: Path) -> BinaryIO:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.chaos.checker import check, format_table
+from tests.chaos.runner import merge_records
 
 TYPES = ["kill_leader", "net_delay"]
 
@@ -152,3 +153,17 @@ def test_no_leader_after_a_fault_is_counted(tmp_path: Path) -> None:
     faults = [{"fault": "net_delay", "target": "a", "inject": 9.0, "heal": 10.0}]
     report = check(make_run(tmp_path, {"a": term(1, 9.5, 100, reason="renew_deadline")}, faults))
     assert report.total.no_leader == 1
+
+
+def test_the_resource_log_keeps_every_record_across_restarts_and_terms() -> None:
+    def record(token: int, writer: str, seq: int) -> bytes:
+        return json.dumps([str(token), writer, seq, float(seq)]).encode()
+
+    # read before a restart that kept the data, then again: no record twice
+    first = [record(100, "a1", 1), record(100, "a1", 2)]
+    merged = merge_records([], first)
+    merged = merge_records(merged, [*first, record(100, "a1", 3)])
+    assert merged == [*first, record(100, "a1", 3)]
+    # a restart that lost the data, then the same writer's next term: all of it is new
+    later = [record(300, "a1", 1), record(300, "a1", 2)]
+    assert merge_records(merged, later) == [*merged, *later]

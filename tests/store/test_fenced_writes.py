@@ -213,6 +213,34 @@ async def test_an_error_in_an_eval_script_is_a_store_error(
             await write(store, FencedWrite("eval", (), (), script), "term-a", fencing)
 
 
+async def test_a_script_that_closes_its_function_early_still_runs_after_the_guard(
+    store: RedisStore, client: Any, config: ElectionConfig
+) -> None:
+    # The guard is the wrapped script's first statement: code escaping the body function (an
+    # unbalanced ``end ... do``) runs only once the guard passed, never for a stale term.
+    old = await lead(store, "term-a")
+    assert await store.release(("term-a",), "a", timeout=2.0)
+    new = await lead(store, "term-b")
+    k = key(config, "k")
+    escaping = "return 1 end redis.call('SET', KEYS[1], 'escaped') do"
+    assert await write(store, FencedWrite("eval", (k,), (), escaping), "term-a", old) == (
+        False,
+        None,
+    )
+    assert await client.exists(k) == 0
+    assert (await write(store, FencedWrite("eval", (k,), (), escaping), "term-b", new))[0]
+
+
+async def test_a_binary_key_is_named_with_escapes(
+    store: RedisStore, client: Any, config: ElectionConfig
+) -> None:
+    fencing = await lead(store, "term-a")
+    k = f"app:{{{config.name}}}:".encode() + b"\xff"
+    await client.set(k, "a string")
+    with pytest.raises(WrongKeyTypeError, match=r"\\xff"):
+        await write(store, FencedWrite("hset", (k,), ("f", "v")), "term-a", fencing)
+
+
 async def test_a_key_of_another_type_is_named(
     store: RedisStore, client: Any, config: ElectionConfig
 ) -> None:
@@ -279,6 +307,9 @@ async def test_the_memory_store_keeps_the_same_rules() -> None:
 
     assert await mwrite(FencedWrite("set", ("k",), ("v", 2000))) == (True, None)
     assert server.get("k") == "v"
+    pickled = b"\x80\x04\x95"  # not UTF-8: kept, as Redis keeps it
+    assert await mwrite(FencedWrite("set", ("b",), (pickled, ""))) == (True, None)
+    assert server.get("b").encode(errors="surrogateescape") == pickled
     assert await mwrite(FencedWrite("hset", ("h",), ("a", 1, "b", 2.5))) == (True, None)
     assert server.hgetall("h") == {"a": "1", "b": "2.5"}
     with pytest.raises(WrongKeyTypeError):
