@@ -1,7 +1,7 @@
-"""The program for the landing pages, ``examples/hello.py``, runs as the pages will say against a
-real, brand-new ``redis-server``: restart protection holds the first election back (and says
-so), then one copy leads and runs its ``while_leader`` function, and Ctrl+C hands leadership to
-the other copy."""
+"""The program on the landing pages: the README quotes ``examples/hello.py`` verbatim, the docs
+home page includes the file, and the file runs as the pages say against a real, brand-new
+``redis-server``: restart protection holds the first election back (and says so), then one copy
+leads and runs its ``while_leader`` function, and Ctrl+C hands leadership to the other copy."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ URL = "redis://localhost:6379/0"
 LEADING = r"^leading with fencing token (\d+)$"
 START_TIMEOUT = 30.0  # interpreter start and imports, on a busy 2-core machine
 HOLD_BACK = 12.0  # ceil(lock_ttl) + 1 s of server uptime with the default lock_ttl, and a margin
+
+
+def test_the_readme_quotes_the_program_verbatim() -> None:
+    source = HELLO.read_text()
+    assert f"```python\n{source}```" in (ROOT / "README.md").read_text()
+
+
+def test_the_docs_home_page_includes_the_program() -> None:
+    assert '--8<-- "examples/hello.py"' in (ROOT / "docs" / "index.md").read_text()
 
 
 def test_the_program_fits_on_a_screen() -> None:
