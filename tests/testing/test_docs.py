@@ -35,4 +35,5 @@ def test_every_code_block_of_the_page_is_quoted_from_a_tested_file() -> None:
 def test_the_page_is_linked_from_the_nav_the_index_and_the_readme() -> None:
     assert "testing.md" in (ROOT / "mkdocs.yml").read_text()
     assert "(testing.md)" in (ROOT / "docs" / "index.md").read_text()
-    assert "(docs/testing.md)" in (ROOT / "README.md").read_text()
+    site = "https://leaderelection-redis.github.io/leaderelection-redis/"
+    assert f"({site}testing/)" in (ROOT / "README.md").read_text()
