@@ -178,7 +178,7 @@ class Fence:
         ``ARGV[1]``, ... exactly as with ``EVAL``: the guard's own keys and arguments are
         cut off before it runs. Declare every key the script touches in ``keys`` (on a Redis
         Cluster they must be in the election's slot). A ``return`` ends the script and its value
-        becomes :attr:`FenceResult.value`; a ``redis.error_reply(...)`` or a failing
+        becomes the ``value`` of the :class:`FenceResult`; a ``redis.error_reply(...)`` or a failing
         ``redis.call`` raises ``StoreError`` (writes the script made before the error stay, as
         with any Redis script). A shebang line (``#!lua flags=...``) is not supported.
 
