@@ -82,7 +82,18 @@ class Fence:
     holds exactly :attr:`token` and that the lock still holds this term; the fence first checks
     locally that its term is still this instance's current term. A write returns True when
     written and False when refused, which happens once a newer term exists or the term's lease
-    has ended, and leaves the data as it was.
+    has ended, and leaves the data as it was. False means the term is over: stop the work and
+    leave it to the next leader. A fence kept past its term (by a task that ignored its
+    cancellation, after ``resign()`` or ``stop()``) returns False at once, without a round
+    trip, even while Redis would still take the write.
+
+    The fence key is compared as text (tokens have 16 digits, more than a Lua number holds
+    exactly), and a missing fence key, on a server that lost its data, holds no term.
+
+    With ``leaderelection.testing.MemoryStore``, ``set``, ``hset`` and ``delete`` keep the
+    same rules in memory, and ``eval`` raises ``StoreError`` (there is no Lua there). The
+    fences of the test doubles write into ``FakeElectionGroup.data`` and record each ``eval``
+    in ``FakeElectionGroup.evals``.
 
     On a Redis Cluster, every key written must be in the election's hash slot: give it the
     election's hash tag, e.g. ``f"myapp:{{{config.name}}}:progress"`` (see
@@ -285,6 +296,8 @@ class SyncFence:
     loop and blocks the calling thread until Redis answered. A fence whose term is over returns
     False without a round trip. See :class:`Fence` for what each method does and raises; a
     call from the election's own loop thread (``on_error``) raises ``LeaderElectionError``.
+    Called from a ``while_leader`` function whose term has ended, ``fence()`` raises
+    ``NotLeaderError``.
     """
 
     __slots__ = ("_fence", "_run")
