@@ -190,3 +190,13 @@ def test_every_public_name_has_a_reference_entry() -> None:
         page = (DOCS / "reference" / f"{module}.md").read_text()
         assert f"\n::: leaderelection.{module}\n" in page
         assert f"reference/{module}.md" in (ROOT / "mkdocs.yml").read_text()
+
+
+def test_the_readmes_relative_links_name_existing_files() -> None:
+    """README.md is not part of the site, so mkdocs does not check its links: its relative
+    links must at least name files of the repository."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    relative = [link for link in links if "://" not in link and not link.startswith("mailto:")]
+    assert relative
+    for link in relative:
+        assert (ROOT / link).exists(), f"README.md links to {link}: no such file"
