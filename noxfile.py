@@ -38,9 +38,13 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation; warnings are errors."""
+    """Build the documentation site into ``site/``; warnings (a broken link or anchor, a
+    missing snippet, an unresolved reference) are errors. ``nox -s docs -- serve`` serves it."""
     session.install("-e", ".[docs]")
-    session.run("mkdocs", "build", "--strict", "-d", "site")
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", "--strict", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", "-d", "site", *session.posargs)
 
 
 @nox.session

@@ -44,8 +44,27 @@ LeaderTask = Callable[[], Awaitable[Any]]
 """An async function run for the length of every term (``while_leader``)."""
 
 ErrorHandler = Callable[[BaseException, Mapping[str, Any]], Any]
-"""Called as ``handler(exception, context)``; context has ``kind``, ``callback``, ``election``,
-``instance_id`` and ``fencing_token``. A plain function: it runs inside the election."""
+"""The type of ``on_error``: called as ``handler(exception, context)`` when a callback or a
+``while_leader`` task raises (the exception is logged either way).
+
+``context`` has the keys ``kind`` (``"on_become_leader"``, ``"on_lose_leadership"`` or
+``"while_leader"``), ``callback`` (the function that raised), ``election``, ``instance_id``
+and ``fencing_token`` (the token of the term during which it happened). The handler must be a
+plain function: it runs inside the election. An async one is refused when the election is
+made; an awaitable that a handler returns is closed without being run, and an error is
+logged; an exception that the handler raises is logged.
+
+```python
+callback_errors: Counter[str] = Counter()
+
+
+def count_callback_errors(exc: BaseException, context: Mapping[str, Any]) -> None:
+    callback_errors[context["kind"]] += 1
+
+
+election = LeaderElection(url, config, on_error=count_callback_errors)
+```
+"""
 
 Kind = Literal["become", "lose"]
 _AFTER_CANCEL: Final = 0.1  # seconds given to user code to end once cancelled

@@ -128,60 +128,90 @@ def _sibling(key: str, suffix: str) -> str:
 
 
 class ElectionConfig(BaseModel):
-    """The settings of one election. Frozen; constructing one from invalid input raises
-    :class:`ConfigurationError` (``model_validate`` raises pydantic's ``ValidationError``).
+    """The settings of one election: a frozen pydantic model, validated once when it is made.
 
-    The keys are resolved at construction: to change ``name`` or ``key_prefix``, build a new
-    config rather than ``model_copy(update=...)``, which would keep the old keys.
+    Durations (``lock_ttl``, ``heartbeat_interval``, ``retry_interval``, ``renew_deadline``)
+    accept seconds (``int`` or ``float``), a ``datetime.timedelta``, or a string such as
+    ``"500ms"``, ``"10s"`` or ``"1m30s"`` (see :func:`parse_duration`), and are stored as
+    ``timedelta``. Each must be from 1 ms to 30 days.
 
-    One config can serve many candidates: with ``instance_id=None`` every ``LeaderElection`` makes
-    its own ``hostname-pid-random`` id, so several uvicorn workers on one host stay distinct.
+    The timings must satisfy ``heartbeat_interval < renew_deadline < lock_ttl``, each at least
+    10 ms apart: a leader must get to renew before it gives up, and give up before its lease in
+    Redis can expire. Lowering ``lock_ttl`` alone can break this: ``ElectionConfig(lock_ttl="3s")``
+    derives a ``renew_deadline`` of 2 s, shorter than the default ``heartbeat_interval``.
+
+    Errors: ``ElectionConfig(...)`` and :meth:`from_env` raise :class:`ConfigurationError` (a
+    ``LeaderElectionError`` and a ``ValueError``) whose message names each invalid field and
+    the value it got. Pydantic's own entry points, ``ElectionConfig.model_validate(data)`` and
+    ``model_validate_json(text)``, raise pydantic's ``ValidationError`` instead (also a
+    ``ValueError``), whose one error carries the same message; ``except ValueError`` catches
+    both. ``model_copy(update=...)`` and ``model_construct()`` skip validation, and a copy keeps
+    the old keys: to change a setting, build a new config.
+
+    The keys are resolved at construction (``lock_key`` and ``info_key`` always read as the
+    resolved names), and must differ and share one Redis Cluster hash slot; ``name`` must not
+    contain ``{`` or ``}``, since it becomes their hash tag.
+
+    One config can serve many candidates: with ``instance_id=None`` every ``LeaderElection``
+    makes its own ``hostname-pid-random`` id, so several uvicorn workers on one host stay
+    distinct.
 
     Attributes:
-        name: The election's name; candidates with the same name (and keys) compete. Default
-            ``"default"``. Env ``LEADER_ELECTION_NAME``.
-        key_prefix: Prefix of the default keys. Default ``"leaderelection"``, giving
-            ``leaderelection:{<name>}:lock`` and ``...:info``. Env ``LEADER_ELECTION_KEY_PREFIX``.
-        lock_key: The lock key (the Go package's ``RedisKeyName``). Default derived from
-            ``key_prefix`` and ``name``; always reads as the resolved key.
-        info_key: The leader-info key (``RedisInfoKeyName``). Default: the lock key's sibling.
-        lock_ttl: Lease length in Redis. Default 10s. Env ``LEADER_ELECTION_LOCK_TTL``.
-        heartbeat_interval: How often the leader renews. Default 3s.
-            Env ``LEADER_ELECTION_HEARTBEAT_INTERVAL``.
-        retry_interval: Base of the backoff after Redis errors, and how long ``resign()`` holds
-            this instance back. Default 2s. Env ``LEADER_ELECTION_RETRY_INTERVAL``.
-        renew_deadline: A leader that has not renewed successfully within this time of sending
-            its last successful renewal steps down locally. Default 2/3 of ``lock_ttl``.
-            Env ``LEADER_ELECTION_RENEW_DEADLINE``.
-        instance_id: This candidate's id. Default None: each election makes
-            ``hostname-pid-random``. Env ``LEADER_ELECTION_INSTANCE_ID``.
-        hostname: Reported in LeaderInfo. Default the machine's hostname.
-            Env ``LEADER_ELECTION_HOSTNAME``.
-        metadata: String pairs a leader advertises in its LeaderInfo, for example
+        name: The election's name. Candidates with the same name (more precisely, the same
+            keys) on the same Redis database compete. It becomes the keys' hash tag, so it
+            must not contain ``{`` or ``}``. 1 to 200 characters. Env ``LEADER_ELECTION_NAME``.
+        key_prefix: The prefix of the default key names, ``<key_prefix>:{<name>}:lock`` and so
+            on. 1 to 200 characters. Env ``LEADER_ELECTION_KEY_PREFIX``.
+        lock_key: The lock key (the Go package's ``RedisKeyName``). Derived from
+            ``key_prefix`` and ``name`` unless given; always reads as the resolved key. At
+            most 512 characters.
+        info_key: The leader-info key (the Go package's ``RedisInfoKeyName``). Derived from
+            ``key_prefix`` and ``name``, or, with a ``lock_key`` given, the lock key's sibling
+            in its hash slot; always reads as the resolved key. At most 512 characters.
+        lock_ttl: The length of the lease in Redis. If the leader dies, a follower takes over
+            at most this long after its last renewal. Env ``LEADER_ELECTION_LOCK_TTL``.
+        heartbeat_interval: How often the leader renews its lease: one round trip per
+            interval. Env ``LEADER_ELECTION_HEARTBEAT_INTERVAL``.
+        retry_interval: The base delay of the backoff after Redis errors, and how long
+            ``resign()`` holds this instance back. Not a polling interval: followers sleep
+            until the lease can expire. Env ``LEADER_ELECTION_RETRY_INTERVAL``.
+        renew_deadline: A leader that has not renewed successfully within this time of
+            sending its last successful renewal steps down locally. Derived as 2/3 of
+            ``lock_ttl`` when not given (or None). Env ``LEADER_ELECTION_RENEW_DEADLINE``.
+        instance_id: This candidate's id, as reported in logs, ``LeaderInfo`` and statistics.
+            None: each election makes ``<hostname>-<pid>-<8 hex digits>``. 1 to 200
+            characters. Env ``LEADER_ELECTION_INSTANCE_ID``.
+        hostname: Reported in ``LeaderInfo``, and part of the default instance id. 1 to 255
+            characters. Env ``LEADER_ELECTION_HOSTNAME``.
+        metadata: String pairs a leader advertises in its ``LeaderInfo``, for example
             ``{"url": "http://10.0.0.5:8000"}`` so that followers can send clients to it. Takes a
-            mapping, a JSON object, or ``"key=value,key=value"`` text; keys of 1 to 64 characters
-            ``A-Z a-z 0-9 _ . -``, at most 32 entries and 4 KB in all. Default none.
-            Read-only. Env ``LEADER_ELECTION_METADATA``.
+            mapping, a JSON object, or ``"key=value,key=value"`` text; keys of 1 to 64
+            characters ``A-Z a-z 0-9 _ . -``, values of at most 1024 characters, at most 32
+            entries and 4 KB in all. Read-only. Env ``LEADER_ELECTION_METADATA``.
         min_replicas: Replicas that must acknowledge a write before it counts: a term begins,
             and a renewal extends the local lease, only once this many replicas of the lock's
-            server acknowledged it (``WAIT`` within the call's deadline). Closes most of the
-            window in which a failover loses a just-granted term, for one more round trip per
-            write. Default 0 (no waiting). Env ``LEADER_ELECTION_MIN_REPLICAS``.
+            server acknowledged it (``WAIT``, in the same round trip, within the call's
+            deadline). Closes most of the window in which a failover loses a just-granted term,
+            for one more round trip per write. 0 to 100; 0 waits for none.
+            Env ``LEADER_ELECTION_MIN_REPLICAS``.
         restart_protection: Hold a free lock back on a server that started less than
             ``ceil(lock_ttl) + 1`` seconds ago, in case it lost the lock of a leader that is
-            still alive. Default True. Turn it off only with ``appendfsync always``, or when a
-            lost lease costs nothing (local development). Env
-            ``LEADER_ELECTION_RESTART_PROTECTION`` (``true``/``false``).
-        priority: When the lock is free (a release, an expired lease), a candidate of higher
-            priority gets the first chance to take it, 2 ms per level ahead of lower ones (at
-            most 20 ms). A sitting leader is never preempted: priority
-            decides who takes a free lock, never who holds it. From -100 to 100; default 0.
+            still alive. Turn it off only with ``appendfsync always``, or when a lost lease
+            costs nothing (local development).
+            Env ``LEADER_ELECTION_RESTART_PROTECTION`` (``true``/``false``, ``yes``/``no``,
+            ``1``/``0``).
+        priority: -100 to 100. When the lock is free (a release, an expired lease), a
+            candidate of higher priority gets the first chance to take it: lower ones wait 2 ms
+            per level below the highest waiting (at most 20 ms). A sitting leader is never
+            preempted: priority decides who takes a free lock, never who holds it.
             Env ``LEADER_ELECTION_PRIORITY``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     ENV_NAMES: ClassVar[Mapping[str, str]] = _ENV
+    """Each field that :meth:`from_env` reads, mapped to its variable, for example
+    ``"lock_ttl"`` to ``"LEADER_ELECTION_LOCK_TTL"``."""
 
     name: str = Field(default="default", min_length=1, max_length=200)
     key_prefix: str = Field(default="leaderelection", min_length=1, max_length=200)
@@ -277,10 +307,14 @@ class ElectionConfig(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ElectionConfig:
-        """Build a config from ``LEADER_ELECTION_*`` environment variables.
+        """Build a config from the ``LEADER_ELECTION_*`` environment variables.
+
+        ``lock_key`` and ``info_key`` have no variables: set ``name`` and ``key_prefix``, or
+        pass them as overrides.
 
         Args:
-            environ: The mapping to read; default ``os.environ``. Empty values are ignored.
+            environ: The mapping to read; default ``os.environ``. Unset and empty variables
+                are ignored.
             **overrides: Fields that win over the environment.
 
         Raises:

@@ -46,21 +46,39 @@ class LeaderElection:
     releases leadership (followers are woken through the release channel) and waits for the
     lose callbacks.
 
+    Creating the object does not contact Redis.
+
+    Example:
+        ```python
+        config = ElectionConfig(name="billing")
+        async with LeaderElection("redis://localhost:6379/0", config) as election:
+            await election.wait_until_leader()
+            print("leading with fencing token", election.fencing_token)
+        ```
+
     Args:
         redis: A ``redis.asyncio.Redis`` (also from ``Sentinel.master_for``) or ``RedisCluster``
-            that the caller owns and the election never closes, or a ``redis://`` /
-            ``rediss://`` / ``unix://`` URL whose client the election creates and closes.
+            that the caller owns and the election never closes. Or a URL whose client the
+            election creates when it starts and closes when it stops: ``redis://`` (one server,
+            or any node of a Redis Cluster, detected on first use), ``rediss://``, ``unix://``,
+            or ``redis+sentinel://host:port[,host:port...]/service_name``
+            (``rediss+sentinel://`` for TLS).
         config: The election's settings; default ``ElectionConfig()``.
         on_become_leader: A callback registered first, as with ``election.on_become_leader``.
         on_lose_leadership: A callback registered first, as with ``election.on_lose_leadership``.
         on_error: Called as ``on_error(exception, context)`` when a callback or ``while_leader``
-            task raises; the exception is logged either way. A plain function, not async.
-        clock: The monotonic clock to read and wait through (for tests); default the real one.
-        store: A lease store to use instead of Redis (``leaderelection.testing.MemoryStore``);
-            ``redis`` is then ignored and may be None.
+            task raises; the exception is logged either way. A plain function: an async one
+            is refused at once, since it would never be awaited. See :data:`ErrorHandler`.
+        clock: The monotonic clock that the election reads, waits through and keeps its call
+            deadlines by; default the real one. For tests: ``leaderelection.testing.FakeClock``
+            moves only when the test moves it.
+        store: A lease store to use instead of Redis, for tests:
+            ``leaderelection.testing.MemoryServer(clock).store(config)``; ``redis`` is then
+            ignored and may be None.
 
     Raises:
-        ConfigurationError: ``redis`` is neither an asyncio client nor a URL.
+        ConfigurationError: ``redis`` is a synchronous client, or neither an asyncio client
+            nor a URL; ``config`` is not an ``ElectionConfig``.
         TypeError: ``on_error`` is async or not callable.
     """
 
@@ -131,7 +149,12 @@ class LeaderElection:
 
     @property
     def leader_event(self) -> asyncio.Event:
-        """An ``asyncio.Event`` set while this instance leads and cleared when a term ends."""
+        """An ``asyncio.Event`` set while this instance leads and cleared when a term ends.
+
+        Clearing happens in the event loop, so while the loop is blocked the event can lag
+        behind ``is_leader``: wait on the event (``await election.leader_event.wait()``), and
+        decide with ``is_leader``.
+        """
         return self._campaign.leader_event
 
     @property
@@ -140,13 +163,13 @@ class LeaderElection:
 
         Pass it to the resources the leader writes to: they can reject a write carrying a token
         lower than one they have seen, which stops a paused former leader that ``is_leader``
-        cannot stop.
+        cannot stop. For writes to Redis the check is built in: :meth:`fence`.
         """
         term = self._campaign.core.term
         return term.fencing_token if term is not None and self.is_leader else None
 
     def statistics(self) -> ElectionStatistics:
-        """An immutable snapshot of the election's state and counters."""
+        """An immutable snapshot of the election's state and counters. Never touches Redis."""
         c = self._campaign
         return c.core.statistics(self._clock.now(), c.state)
 
@@ -154,12 +177,14 @@ class LeaderElection:
         """A :class:`Fence` bound to the current term: writes to Redis that are refused from
         the moment the term is over (a newer term exists, or its lease ended).
 
-        Make one at the start of a piece of work and write through it; a fence kept past its
-        term never writes. Never blocks, never touches Redis.
+        Make one at the start of a piece of work, for example at the top of a
+        ``while_leader`` task, and write through it; a fence kept past its term never writes.
+        Never blocks, never touches Redis.
 
         Raises:
-            NotLeaderError: this instance does not lead, or the calling ``while_leader`` task
-                belongs to a term that has ended.
+            NotLeaderError: this instance does not lead (also before ``start()`` and after
+                ``stop()``), or the calling ``while_leader`` task belongs to a term that has
+                ended (a task that ignored its cancellation gets no fence of the next term).
         """
         c = self._campaign
         core, clock, term, store = c.core, self._clock, c.core.term, c.store
@@ -192,8 +217,17 @@ class LeaderElection:
     async def get_leader_info(self) -> LeaderInfo | None:
         """Read who leads from the store; None when no one does.
 
+        One ``GET`` of the info key, with the election's call deadline. It works in every
+        state of the election, also before ``start()`` and after ``stop()``: an election made
+        from a URL then reads with a short-lived client of its own, opened and closed for this
+        call; one given a client reads through that client (which the caller keeps open); one
+        given a ``store`` reads that store. (The threaded
+        :meth:`leaderelection.sync.LeaderElection.get_leader_info` is different: it raises
+        ``ElectionNotRunningError`` outside ``start()`` ... ``stop()``.)
+
         Raises:
-            StoreError: Redis failed or did not answer in time.
+            StoreError: Redis failed or did not answer in time (usually
+                ``StoreUnavailableError``).
             CorruptLeaderInfoError: the stored record is not valid LeaderInfo JSON.
         """
         timeout = self._campaign.timings.call_timeout
@@ -207,16 +241,28 @@ class LeaderElection:
         return await self._get_store().read_info(timeout=timeout)
 
     async def get_leader_id(self) -> str | None:
-        """Read the leader's instance id from the store; None when no one leads."""
+        """Read the leader's instance id from the store; None when no one leads.
+
+        Reads as :meth:`get_leader_info` does, in any state, and raises the same exceptions.
+        """
         info = await self.get_leader_info()
         return info.instance_id if info is not None else None
 
     def changes(self) -> AsyncIterator[LeaderChange]:
         """Iterate over the election's leader changes, as :meth:`LeaderObserver.changes` does,
-        on this election's client: the current state first, then every change in order.
+        on this election's client and its shared subscription: the current state first, then
+        every change in order. For a candidate that also wants to know who leads when it does
+        not:
+
+        ```python
+        async for change in election.changes():
+            print(change.fencing_token, change.leader.instance_id if change.leader else None)
+        ```
+
+        Stop iterating (leave the loop, or cancel it) before the election stops.
 
         Raises:
-            ElectionNotRunningError: the election is not running.
+            ElectionNotRunningError: the election is not running (raised when called).
         """
         self._require_running()
         return watch_changes(self._get_store(), self._campaign.timings)
@@ -224,7 +270,10 @@ class LeaderElection:
     # ------------------------------------------------------------------------- waiting
 
     async def wait_until_leader(self, timeout: float | None = None) -> None:
-        """Wait until this instance leads.
+        """Wait until this instance leads; return at once if it does.
+
+        Args:
+            timeout: Seconds to wait at most; None waits as long as it takes.
 
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
@@ -248,6 +297,9 @@ class LeaderElection:
     async def wait_until_follower(self, timeout: float | None = None) -> None:
         """Wait until this instance does not lead (returns at once if it does not).
 
+        Args:
+            timeout: Seconds to wait at most; None waits as long as it takes.
+
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
         """
@@ -260,7 +312,12 @@ class LeaderElection:
     def on_become_leader(self, callback: F) -> F:
         """Register a zero-argument callback (sync or async) run when a term starts.
 
-        Usable as a decorator. Callbacks run in registration order, isolated from each other.
+        Usable as a decorator. Callbacks run in registration order, one at a time, isolated
+        from each other: an exception is logged and handed to ``on_error``, and the rest still
+        run. They never delay heartbeats.
+
+        Raises:
+            TypeError: ``callback`` is not callable.
         """
         self._campaign.become.add(callback)
         return callback
@@ -269,7 +326,11 @@ class LeaderElection:
         """Register a zero-argument callback (sync or async) run when a term ends.
 
         It runs only after the term's become callbacks finished and its ``while_leader`` tasks
-        ended; every become is followed by exactly one lose unless the process dies.
+        ended; every become is followed by exactly one lose unless the process dies. Usable
+        as a decorator.
+
+        Raises:
+            TypeError: ``callback`` is not callable.
         """
         self._campaign.lose.add(callback)
         return callback
@@ -279,7 +340,16 @@ class LeaderElection:
 
         The task starts when a term starts (at once, if registered during a term) and is
         cancelled when the term ends, before the lose callbacks run. An exception ends the task
-        for this term and is reported like a callback's.
+        for this term and is reported like a callback's. Usable as a decorator.
+
+        The task runs in a cancel scope that stays cancelled once the term ended: every
+        ``await`` after that point, in a ``finally:`` block too, is cancelled again, so that a
+        task whose cancellation was swallowed somewhere still ends. Cleanup that must await
+        runs under ``anyio.CancelScope(shield=True)``. A task that does not end is waited for
+        one lease (``lock_ttl``) at most, then logged as not finished.
+
+        Raises:
+            TypeError: ``func`` is not callable.
         """
         if not callable(func):
             raise TypeError(f"while_leader needs an async function, got {func!r}")
@@ -312,7 +382,9 @@ class LeaderElection:
             LeaderElectionError: the election was already started.
 
         A Redis that is down or slow is not an error here: the election logs it and keeps trying
-        in the background while ``is_leader`` stays False.
+        in the background while ``is_leader`` stays False. On a free election the first
+        instance to start leads when this returns (unless restart protection holds elections
+        back, which the log and ``statistics()`` say). An election starts only once.
         """
         c = self._campaign
         if c.state != "new":
@@ -367,7 +439,9 @@ class LeaderElection:
         Bounded even when Redis is gone (the release has a deadline of its own) and when user
         code ignores cancellation (it is waited for one lease at most, and logged). Called from
         a callback or a ``while_leader`` task, it starts the shutdown and returns at once: the
-        shutdown waits for that very code.
+        shutdown waits for that very code. Safe on an election that was never started; a
+        client made from a URL is closed. ``docs/architecture.md`` lists the order a term ends
+        in.
         """
         c = self._campaign
         c.stop_requested.set()
@@ -393,7 +467,8 @@ class LeaderElection:
         """Hand leadership over now and stay a candidate.
 
         Ends the term (lose callbacks follow), releases the lock so a follower takes over within
-        milliseconds, and holds this instance back for at least ``retry_interval``. Does
+        milliseconds, and holds this instance back for at least ``retry_interval``; if no
+        other candidate takes over, this instance leads again after that, in a new term. Does
         nothing when this instance does not lead.
 
         Raises:

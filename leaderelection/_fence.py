@@ -82,7 +82,18 @@ class Fence:
     holds exactly :attr:`token` and that the lock still holds this term; the fence first checks
     locally that its term is still this instance's current term. A write returns True when
     written and False when refused, which happens once a newer term exists or the term's lease
-    has ended, and leaves the data as it was.
+    has ended, and leaves the data as it was. False means the term is over: stop the work and
+    leave it to the next leader. A fence kept past its term (by a task that ignored its
+    cancellation, after ``resign()`` or ``stop()``) returns False at once, without a round
+    trip, even while Redis would still take the write.
+
+    The fence key is compared as text (tokens have 16 digits, more than a Lua number holds
+    exactly), and a missing fence key, on a server that lost its data, holds no term.
+
+    With ``leaderelection.testing.MemoryStore``, ``set``, ``hset`` and ``delete`` keep the
+    same rules in memory, and ``eval`` raises ``StoreError`` (there is no Lua there). The
+    fences of the test doubles write into ``FakeElectionGroup.data`` and record each ``eval``
+    in ``FakeElectionGroup.evals``.
 
     On a Redis Cluster, every key written must be in the election's hash slot: give it the
     election's hash tag, e.g. ``f"myapp:{{{config.name}}}:progress"`` (see
@@ -180,7 +191,7 @@ class Fence:
         ``ARGV[1]``, ... exactly as with ``EVAL``: the guard's own keys and arguments are
         cut off before it runs. Declare every key the script touches in ``keys`` (on a Redis
         Cluster they must be in the election's slot). A ``return`` ends the script and its value
-        becomes :attr:`FenceResult.value`; a ``redis.error_reply(...)`` or a failing
+        becomes the ``value`` of the :class:`FenceResult`; a ``redis.error_reply(...)`` or a failing
         ``redis.call`` raises ``StoreError`` (writes the script made before the error stay, as
         with any Redis script). A shebang line (``#!lua flags=...``) is not supported.
 
@@ -289,6 +300,8 @@ class SyncFence:
     call from the election's own loop thread (``on_error``) raises ``LeaderElectionError``, and
     a call during which the election stops raises ``ElectionNotRunningError`` (like a timeout,
     the write may or may not have been applied: Redis refuses it once the lock is released).
+    Called from a ``while_leader`` function whose term has ended, ``fence()`` raises
+    ``NotLeaderError``.
     """
 
     __slots__ = ("_fence", "_run")

@@ -121,14 +121,18 @@ class LeaderInfo(BaseModel):
     """Who leads an election, as stored (JSON) in the election's info key.
 
     Written with the lock when a term starts and rewritten on every heartbeat; it expires with the
-    lock, so a record present in Redis belongs to a live (or not yet expired) lease.
+    lock, so a record present in Redis belongs to a live (or not yet expired) lease. A frozen
+    pydantic model: ``info.model_dump(mode="json")`` gives a JSON-ready dict, and
+    ``LeaderInfo.model_validate_json(raw)`` parses a record read from Redis yourself.
 
     Attributes:
         instance_id: The leader's instance id.
         hostname: The leader's host.
         pid: The leader's process id.
-        started_at: When the term started (UTC, the leader's clock).
-        last_heartbeat: When the leader last renewed (UTC, the leader's clock).
+        started_at: When the term started: a timezone-aware UTC datetime, from the leader's
+            wall clock.
+        last_heartbeat: When the leader last renewed: a timezone-aware UTC datetime, from the
+            leader's wall clock.
         fencing_token: The term's fencing token; strictly increasing across terms.
         election: The election's name.
         metadata: What the leader advertises (``ElectionConfig.metadata``), for example
@@ -148,5 +152,7 @@ class LeaderInfo(BaseModel):
     metadata: StoredMetadata = Field(default_factory=FrozenMetadata)
 
     def heartbeat_age(self, now: datetime) -> float:
-        """Seconds between ``last_heartbeat`` and ``now`` (an aware datetime)."""
+        """Seconds between ``last_heartbeat`` and ``now``, a timezone-aware datetime such as
+        ``datetime.now(UTC)``. It compares two wall clocks, so it includes any clock skew
+        between the leader's host and this one."""
         return (now - self.last_heartbeat).total_seconds()

@@ -47,13 +47,21 @@ _EXPIRY_MARGIN: Final = 0.005  # read this long after the lease can have ended
 
 @dataclass(frozen=True, slots=True)
 class LeaderChange:
-    """One change of leader, as seen by an observer.
+    """One change of leader, as seen by an observer: an item of
+    :meth:`LeaderObserver.changes` or :meth:`LeaderElection.changes`.
 
     Attributes:
-        leader: The new leader's record, or None when no one leads.
-        previous: The leader before the change, or None.
-        at: When the observer saw the change (UTC, this machine's clock).
-        initial: True for the first item of a stream: the state when watching began.
+        leader: The new leader's record, or None when no one leads. It is the record as
+            announced when the term started, or as read: later heartbeats do not update it
+            (:meth:`LeaderObserver.current` reads the latest).
+        previous: The leader before the change, or None. Since the items alternate, it is
+            set on the "no leader" item that ends a term (the leader whose term ended), and
+            None on items that name a leader and on the first item.
+        at: When the observer saw the change: a timezone-aware UTC datetime from this
+            machine's clock. A lease that expires is seen when the observer next reads, a few
+            milliseconds later, or when the next term is announced.
+        initial: True for the first item of a stream, which is the state when watching began,
+            not a change.
     """
 
     leader: LeaderInfo | None
@@ -179,16 +187,28 @@ def _transitions(current: LeaderInfo | None, new: LeaderInfo | None) -> list[Lea
 class LeaderObserver:
     """Watches an election without campaigning: who leads, and every change of leader.
 
-    Use it as ``async with LeaderObserver(redis, config) as observer:``. It needs the election's
-    ``name`` (and ``key_prefix`` or key overrides, if the candidates set them); the timing fields
-    should match the candidates' too, since ``lock_ttl`` bounds how long a missed announcement
-    can go unnoticed.
+    It never takes the lock: it reads who leads, follows every change of leader, and can ask
+    the leader to step down. Any process can run one: a dashboard, an operator's script, a
+    service that routes requests to the leader. Use it as
+    ``async with LeaderObserver(redis, config) as observer:``; creating it does not contact
+    Redis, and the client connects on first use.
+
+    It needs the election's ``name`` (and ``key_prefix`` or key overrides, if the candidates
+    set them). The timing fields should match the candidates' too: ``lock_ttl`` bounds how
+    long a missed announcement can go unnoticed, ``retry_interval`` is the first delay after a
+    failed read, and every call has the candidates' deadline, ``min(heartbeat_interval,
+    renew_deadline - heartbeat_interval)``.
 
     Args:
-        redis: A ``redis.asyncio.Redis`` or ``RedisCluster`` that the caller owns, or a
-            ``redis://``, ``rediss://`` or ``unix://`` URL whose client the observer creates
-            and closes.
+        redis: A ``redis.asyncio.Redis`` (also from ``Sentinel.master_for``) or
+            ``RedisCluster`` that the caller owns and the observer never closes, or a URL (any
+            form an election takes) whose client the observer creates on first use and closes
+            in :meth:`aclose`.
         config: The election's settings; the default is ``ElectionConfig()``.
+
+    Raises:
+        ConfigurationError: ``redis`` is a synchronous client, or neither an asyncio client
+            nor a URL; ``config`` is not an ``ElectionConfig``.
     """
 
     def __init__(self, redis: Any, config: ElectionConfig | None = None) -> None:
@@ -220,7 +240,7 @@ class LeaderObserver:
         return self._store
 
     async def current(self) -> LeaderInfo | None:
-        """Read who leads now; None when no one does. One round trip.
+        """Read who leads now; None when no one does. One round trip: the read script.
 
         Raises:
             StoreError: Redis failed or did not answer in time (``StoreUnavailableError``), or
@@ -241,14 +261,33 @@ class LeaderObserver:
 
     def changes(self) -> AsyncIterator[LeaderChange]:
         """Iterate over the leader changes: first the current state (``initial=True``), then
-        every change, in order, including "no leader" between two terms and a new term of the
-        same instance. It waits on the election's channel and on lease expiry, never polls
-        faster than once per lease, and retries Redis errors (logged) until the loop is
-        cancelled or the iterator closed.
+        every change, in order.
+
+        ```python
+        async for change in observer.changes():
+            print(change.at, change.leader.instance_id if change.leader else "no leader")
+        ```
+
+        - The items alternate between a leader and "no leader" (``leader=None``): between
+          two terms there is always a "no leader" item, also when the observer did not see
+          the gap, and also when the same instance leads again in a new term. Each term is
+          reported once.
+        - It waits on the election's channel, and reads Redis only when a lease it saw can
+          have run out, or once per ``lock_ttl`` when no one leads: it never polls faster
+          than once per lease.
+        - Redis errors after the first read are retried with backoff (from
+          ``retry_interval``, doubling, up to ``lock_ttl``) and logged as a WARNING, ``Could
+          not read the leader, retrying in ...``; no change is reported meanwhile.
+        - It runs until the loop is left, the task is cancelled or the iterator is closed.
+          Each call returns a new, independent iterator; all the iterators and elections on
+          one client share one subscription. Stop iterating before :meth:`aclose`.
 
         Raises:
-            StoreError: the first read failed (the following ones are retried), or Redis
-                refused a permission.
+            StoreError: the first read failed (the following ones are retried).
+            StoreAuthenticationError: Redis refused a permission, at any read.
+            CorruptLeaderInfoError: the first read found a record that is not valid
+                ``LeaderInfo`` JSON.
+            LeaderElectionError: the observer is closed (raised when called).
         """
         return self._watch(self._get_store())
 
@@ -270,6 +309,11 @@ class LeaderObserver:
     async def request_step_down(self, instance_id: str | None = None) -> str | None:
         """Ask the leader to resign gracefully, as ``resign()`` would: it releases, a follower
         takes over within milliseconds, and it stays a candidate.
+
+        The request is one ``PUBLISH`` of ``S <instance id>`` on the election's channel; the
+        candidate with that id resigns if it leads when the request arrives, and logs
+        ``Stepping down on request``. It returns once the request is published, not when the
+        leader has resigned: watch :meth:`changes` to see the handoff.
 
         Args:
             instance_id: The leader to ask; by default the current one. A request naming an
@@ -299,7 +343,9 @@ class LeaderObserver:
         return instance_id
 
     async def aclose(self) -> None:
-        """Close the client if the observer created it (from a URL). Idempotent."""
+        """Close the client if the observer created it (from a URL), and the observer: a later
+        call raises ``LeaderElectionError``. A client the caller passed is left open.
+        Idempotent."""
         self._closed = True
         self._let_go()
         if self._url is not None and self._client is not None:

@@ -34,6 +34,9 @@ class ElectionProtocol(Protocol):
     ``LeaderElection`` and ``leaderelection.testing.FakeLeaderElection`` both provide it. It is
     runtime-checkable: ``isinstance(obj, ElectionProtocol)`` tells whether ``obj`` has every
     member (not their signatures). See :class:`LeaderElection` for what each member does.
+    Annotate code that receives an election with it, and it accepts the real election and the
+    test doubles alike; ``leaderelection.fastapi.election_lifespan`` takes anything that
+    satisfies it.
     """
 
     @property

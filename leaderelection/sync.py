@@ -411,10 +411,17 @@ class LeaderElection:
     def get_leader_info(self) -> LeaderInfo | None:
         """Read who leads from Redis; None when no one does.
 
+        Only while the election runs, between ``start()`` and ``stop()``: it reads on the
+        election's own loop and client, which exist only then. Before ``start()`` and after
+        ``stop()`` it raises ``ElectionNotRunningError``; called while another thread is in
+        ``start()``, it first waits for that to finish. (The asyncio
+        :meth:`leaderelection.LeaderElection.get_leader_info` reads in every state.)
+
         Raises:
             StoreError: Redis failed or did not answer in time.
             CorruptLeaderInfoError: the stored record is not valid LeaderInfo JSON.
-            ElectionNotRunningError: the election is not running.
+            ElectionNotRunningError: the election is not running: not started yet, stopped,
+                or started in another process before a fork.
             LeaderElectionError: called on the election's own loop thread (from ``on_error``).
         """
         self._refuse_on_loop_thread("get_leader_info()")
@@ -424,6 +431,8 @@ class LeaderElection:
 
     def get_leader_id(self) -> str | None:
         """Read the leader's instance id from Redis; None when no one leads.
+
+        Only while the election runs, as :meth:`get_leader_info`.
 
         Raises:
             StoreError: Redis failed or did not answer in time.
