@@ -31,8 +31,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
-    session.install("-e", ".[lint]")
+    """mypy --strict on the package (and the docs hooks, which need the docs extra)."""
+    session.install("-e", ".[lint,docs]")
     session.run("mypy")
 
 

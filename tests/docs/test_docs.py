@@ -192,11 +192,21 @@ def test_every_public_name_has_a_reference_entry() -> None:
         assert f"reference/{module}.md" in (ROOT / "mkdocs.yml").read_text()
 
 
-def test_the_readmes_relative_links_name_existing_files() -> None:
-    """README.md is not part of the site, so mkdocs does not check its links: its relative
-    links must at least name files of the repository."""
-    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
-    relative = [link for link in links if "://" not in link and not link.startswith("mailto:")]
-    assert relative
-    for link in relative:
-        assert (ROOT / link).exists(), f"README.md links to {link}: no such file"
+def test_the_readmes_links_are_absolute_and_name_existing_pages() -> None:
+    """README.md is also the package index's page, where relative links break, and it is not
+    part of the site, so mkdocs does not check its links: every link is absolute, and those
+    into the docs site or the repository name pages and files that exist."""
+    site = "https://leaderelection-redis.github.io/leaderelection-redis/"
+    repo = "https://github.com/leaderelection-redis/leaderelection-redis"
+    links = re.findall(r"\]\(([^)\s]+)\)", (ROOT / "README.md").read_text())
+    assert any(link.startswith(site) for link in links)
+    for link in links:
+        target = link.split("#")[0]
+        assert "://" in target or target == "", f"README.md: relative link {link}"
+        if target.startswith(site):
+            page = target.removeprefix(site).strip("/")
+            path = ROOT / "docs" / (f"{page}.md" if page else "index.md")
+            assert path.exists(), f"README.md links to {link}: no docs/{path.name}"
+        elif target.startswith(f"{repo}/blob/main/") or target.startswith(f"{repo}/tree/main/"):
+            path = ROOT / target.split("/main/", 1)[1]
+            assert path.exists(), f"README.md links to {link}: no such file"
