@@ -33,6 +33,7 @@ from leaderelection import ElectionConfig, LeaderElection, leader_only
 REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
 
 
+# --8<-- [start:scheduler-per-term]
 def run_scheduler_while_leading(
     election: LeaderElection, make_scheduler: Callable[[int], AsyncIOScheduler]
 ) -> None:
@@ -60,6 +61,7 @@ def run_scheduler_while_leading(
             # effect at the event loop's next iteration.
             scheduler.shutdown(wait=False)
             scheduler = None
+            # --8<-- [end:scheduler-per-term]
 
 
 async def report(*, instance_id: str, fencing_token: int) -> None:
@@ -67,6 +69,7 @@ async def report(*, instance_id: str, fencing_token: int) -> None:
     say(f"{instance_id}: job ran, fencing token {fencing_token}")
 
 
+# --8<-- [start:job-factory]
 def job_scheduler(election: LeaderElection, interval: float) -> Callable[[int], AsyncIOScheduler]:
     """A factory of schedulers that run :func:`report` every ``interval`` seconds."""
 
@@ -84,6 +87,7 @@ def job_scheduler(election: LeaderElection, interval: float) -> Callable[[int], 
         return scheduler
 
     return make_scheduler
+    # --8<-- [end:job-factory]
 
 
 async def serve(

@@ -68,6 +68,7 @@ def warm_on_every_term(
 ) -> None:
     """Register the warm-up: it runs once at the start of every term this instance wins."""
 
+    # --8<-- [start:warm]
     @election.on_become_leader
     async def warm() -> None:
         token = election.fencing_token
@@ -87,6 +88,7 @@ def warm_on_every_term(
         if count < keys:
             print(f"{me}: stopped warming after {count} keys: the term ended", flush=True)
             return
+            # --8<-- [end:warm]
         # Who warmed the cache, and in which term: for operators (and the tests).
         record = {"instance_id": me, "fencing_token": token, "keys": count}
         await cache.set(f"{prefix}:warmed", json.dumps(record))

@@ -35,7 +35,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from redis.asyncio import Redis
 
 from leaderelection import ElectionConfig, LeaderElection
-from leaderelection.fastapi import ElectionDep, LeaderToken, election_lifespan, leader_router
+from leaderelection.fastapi import (
+    NOT_LEADER_RESPONSES,
+    ElectionDep,
+    LeaderToken,
+    election_lifespan,
+    leader_router,
+)
 from leaderelection.prometheus import LeaderElectionCollector
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
@@ -64,6 +70,7 @@ async def run_job(redis: Redis, instance_id: str, fencing_token: int) -> str:
     return record
 
 
+# --8<-- [start:election]
 def make_election() -> LeaderElection:
     """Called once per worker process at startup: each worker is a candidate of its own."""
     config = ElectionConfig.from_env(name=ELECTION_NAME, metadata={"url": ADVERTISED_URL})
@@ -84,7 +91,9 @@ def make_election() -> LeaderElection:
 
 app = FastAPI(title="leaderelection example", lifespan=election_lifespan(make_election))
 app.include_router(leader_router())  # GET /leader and GET /leader/ready
+# --8<-- [end:election]
 
+# --8<-- [start:metrics]
 # Every election of this process in each scrape: read from memory, no call to Redis.
 REGISTRY.register(LeaderElectionCollector())
 
@@ -93,6 +102,7 @@ REGISTRY.register(LeaderElectionCollector())
 def metrics() -> Response:
     # A plain function: FastAPI runs it in a thread, off the event loop.
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    # --8<-- [end:metrics]
 
 
 @app.get("/")
@@ -105,9 +115,11 @@ async def index() -> dict[str, str]:
     }
 
 
-@app.post("/jobs/run-now")
+# --8<-- [start:leader-only]
+@app.post("/jobs/run-now", responses=NOT_LEADER_RESPONSES)  # the 503 in the OpenAPI schema
 async def run_now(token: LeaderToken, election: ElectionDep) -> dict[str, str | int]:
     # Only the leader gets here: a follower answers 503, naming the leader and its URL.
     async with Redis.from_url(REDIS_URL) as redis:
         record = await run_job(redis, election.instance_id, token)
     return {"record": record, "fencing_token": token}
+    # --8<-- [end:leader-only]

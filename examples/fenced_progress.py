@@ -45,6 +45,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
 # ARGV[1] the number of items done, ARGV[2] the writer's fencing token, ARGV[3] the item's result
 # Returns how many results the list holds. Recording an item twice (a retry after a timeout)
 # changes nothing.
+# --8<-- [start:record-script]
 RECORD = """
 local done = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
 if done < tonumber(ARGV[1]) then
@@ -53,10 +54,12 @@ if done < tonumber(ARGV[1]) then
 end
 return redis.call('LLEN', KEYS[2])
 """
+# --8<-- [end:record-script]
 
 Work = Callable[[str], Awaitable[str]]
 
 
+# --8<-- [start:job]
 def job_keys(config: ElectionConfig) -> tuple[str, str]:
     """The job's progress hash and results list, in the election's hash slot."""
     return f"myapp:{{{config.name}}}:progress", f"myapp:{{{config.name}}}:results"
@@ -79,6 +82,7 @@ async def run_job(election: LeaderElection, data: Redis, items: Sequence[str], w
         result = await work(items[index])
         if not await record(fence, election.config, index + 1, result):
             return  # the term is over: the next leader carries on from the progress
+    # --8<-- [end:job]
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,9 @@ async def scenario(
             await a.wait_until_leader(timeout=wait)
             async with asyncio.timeout(wait):
                 await stalled.wait()
+            # --8<-- [start:stale-fence]
             stale = a.fence()  # A's term, kept by the part of A that stalled
+            # --8<-- [end:stale-fence]
             print(f"A leads with token {stale.token}; records 2 items, stalls in the 3rd")
 
             async with LeaderElection(url, config) as b:
@@ -137,7 +143,9 @@ async def scenario(
                     await finished.wait()
                 print(f"B leads with token {token_b}; carries on from the progress, to the end")
 
+                # --8<-- [start:late-write]
                 late = await record(stale, config, stall_at + 1, f"{items[stall_at]}: late, A")
+                # --8<-- [end:late-write]
                 print(f"A resumes and records the 3rd item with token {stale.token}: {late}")
                 progress, results = job_keys(config)
                 outcome = Outcome(

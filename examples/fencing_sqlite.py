@@ -40,6 +40,7 @@ from leaderelection import ElectionConfig, LeaderElection
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
 
+# --8<-- [start:schema]
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS fence (
     resource TEXT PRIMARY KEY,
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS account (
     token    INTEGER NOT NULL  -- the fencing token of the write, for the record
 );
 """
+# --8<-- [end:schema]
 
 
 class StaleLeaderError(Exception):
@@ -81,6 +83,7 @@ def transaction(path: str | Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+# --8<-- [start:fence]
 def check_fence(conn: sqlite3.Connection, resource: str, token: int) -> None:
     """Inside a transaction: record ``token`` as the newest seen for ``resource``, or raise
     ``StaleLeaderError`` if a newer one was recorded. Equal tokens pass: one term writes often.
@@ -113,6 +116,7 @@ def set_balance(path: str | Path, token: int, account: str, balance: int) -> Non
             """,
             (account, balance, token),
         )
+    # --8<-- [end:fence]
 
 
 def read_account(path: str | Path, account: str) -> tuple[int, int] | None:
@@ -147,12 +151,14 @@ async def scenario(url: str, config: ElectionConfig, db: str | Path) -> Outcome:
         await asyncio.to_thread(set_balance, db, token_a, "alice", 100)
         print(f"A leads with token {token_a}; writes balance 100: accepted")
 
+        # --8<-- [start:stall]
         async with LeaderElection(url, config) as b:
             # A stalls here, past its lease. Standing in for the stall: A's term ends, and B,
             # woken by the release, leads with a higher token.
             await a.resign()
             await b.wait_until_leader(timeout=wait)
             token_b = term_token(b)
+            # --8<-- [end:stall]
             print(f"A stalls; its term ends; B leads with token {token_b}")
             await asyncio.to_thread(set_balance, db, token_b, "alice", 200)
             print(f"B writes balance 200 with token {token_b}: accepted")

@@ -70,6 +70,7 @@ def aggregate_while_leading(
     """Register the aggregation loop: it runs for the length of every term of this instance."""
     state = LoopState()
 
+    # --8<-- [start:aggregation-loop]
     @election.while_leader
     async def aggregation_loop() -> None:
         token = election.fencing_token  # this term's token, read once
@@ -91,6 +92,7 @@ def aggregate_while_leading(
         finally:  # the end of the term cancels the loop at an await, before the lose callbacks
             state.running = False
             print(f"{me}: aggregation loop stopped after {state.rounds} rounds", flush=True)
+            # --8<-- [end:aggregation-loop]
 
     return state
 
@@ -103,6 +105,7 @@ def make_rebuild_report(
     ``store`` decodes responses (``decode_responses=True``).
     """
 
+    # --8<-- [start:report]
     @leader_only(election, pass_token=True)
     async def rebuild_report(*, fencing_token: int) -> dict[str, int]:
         # The expensive part: read everything, sort, store. Only the leader gets here.
@@ -111,6 +114,7 @@ def make_rebuild_report(
         record = {"fencing_token": fencing_token, "requests": report}
         await store.set(f"{prefix}:report", json.dumps(record))
         return report
+        # --8<-- [end:report]
 
     return rebuild_report
 

@@ -70,6 +70,7 @@ def apply_migration(
     The version check inside the transaction makes a second run harmless whoever runs it; the
     election only makes sure that one instance does the work and the others do not wait on it.
     """
+    # --8<-- [start:transaction]
     conn = sqlite3.connect(db, isolation_level=None, timeout=30)  # we BEGIN ourselves
     try:
         conn.execute("BEGIN IMMEDIATE")  # the write lock: a concurrent migrator waits here
@@ -90,8 +91,10 @@ def apply_migration(
         return True
     finally:
         conn.close()
+        # --8<-- [end:transaction]
 
 
+# --8<-- [start:migrate]
 async def migrate_at_startup(
     election: LeaderElection,
     db: str | Path,
@@ -133,6 +136,7 @@ async def migrate_at_startup(
         # Leaving the block releases the election: an instance still waiting leads it at
         # once, finds nothing left to apply, and leaves it in turn.
         return applied
+    # --8<-- [end:migrate]
 
 
 async def wait_for_schema(db: str | Path, version: int, *, timeout: float) -> None:
@@ -162,9 +166,11 @@ async def start_instance(
 ) -> list[int] | None:
     """What an instance does at start-up, before it serves."""
     started = time.monotonic()
+    # --8<-- [start:startup]
     election = LeaderElection(url, config)
     applied = await migrate_at_startup(election, db, timeout=timeout, slow=slow)
     await wait_for_schema(db, REQUIRED_VERSION, timeout=schema_timeout)
+    # --8<-- [end:startup]
     elapsed = time.monotonic() - started
     print(
         f"{election.instance_id}: schema at version {REQUIRED_VERSION} after {elapsed:.2f}s: "

@@ -1,4 +1,5 @@
-"""The recipes of docs/recipes.md, run for real: the example modules against a real redis-server.
+"""The recipes of the how-to guides (docs/how-to/, docs/recipes.md), run for real: the example
+modules against a real redis-server.
 
 Each example is imported from its file and its functions are called with short timings and a
 unique election name. Every wait is on an event, on ``wait_until_leader`` or on a condition
@@ -29,7 +30,6 @@ from tests.support import eventually, fast_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-RECIPES = ROOT / "docs" / "recipes.md"
 
 
 def load_example(name: str) -> ModuleType:
@@ -476,11 +476,18 @@ async def test_fenced_progress_example_main_runs_six_items(
 # ------------------------------------------------------------------------------- the page
 
 
-def test_the_recipes_page_quotes_the_examples_verbatim() -> None:
-    """Every code block of docs/recipes.md marked ``<!-- quote: examples/<file> -->`` is a
-    verbatim excerpt of that file, so that the page cannot drift from the tested code."""
-    quotes = re.findall(r"<!-- quote: (\S+) -->\n```python\n(.*?)\n```", RECIPES.read_text(), re.S)
-    assert {path for path, _ in quotes} == {
+def test_the_docs_include_the_examples_instead_of_copying_them() -> None:
+    """The how-to pages show the recipes' code by including sections of the example files
+    (``--8<-- "examples/<file>.py:<section>"``), so that the pages cannot drift from the tested
+    code: every recipe is included, and every section it names is marked in its file."""
+    included: dict[str, set[str]] = {}
+    quoted: set[str] = set()
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        text = page.read_text()
+        for path, section in re.findall(r'--8<-- "(examples/[\w.]+\.py)(?::([\w-]+))?"', text):
+            included.setdefault(path, set()).add(section)
+        quoted |= set(re.findall(r"<!-- quote: (examples/\S+) -->", text))
+    recipes = {
         f"examples/{name}.py"
         for name in (
             "apscheduler_leader",
@@ -491,5 +498,10 @@ def test_the_recipes_page_quotes_the_examples_verbatim() -> None:
             "fenced_progress",
         )
     }
-    for path, block in quotes:
-        assert block in (ROOT / path).read_text(), f"docs/recipes.md misquotes {path}:\n{block}"
+    assert recipes <= set(included), f"not included in docs/: {recipes - set(included)}"
+    for path, sections in included.items():
+        source = (ROOT / path).read_text()
+        for section in sections - {""}:
+            for marker in (f"# --8<-- [start:{section}]", f"# --8<-- [end:{section}]"):
+                assert marker in source, f"{path} has no {marker!r}"
+    assert not recipes & quoted, f"copied rather than included: {recipes & quoted}"
