@@ -1,5 +1,5 @@
-"""Sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``demo``, ``chaos``,
-``compat``."""
+"""Sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``screenshots``, ``bench``,
+``demo``, ``chaos``, ``compat``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,40 @@ def docs(session: nox.Session) -> None:
         session.run("mkdocs", "serve", "--strict", *session.posargs[1:])
     else:
         session.run("mkdocs", "build", "--strict", "-d", "site", *session.posargs)
+
+
+# The pages ``nox -s screenshots`` takes, and the file each goes to in docs/img/screenshots/.
+_SCREENSHOTS = {"index.html": "landing.png", "api/index.html": "api-reference.png"}
+
+
+@nox.session
+def screenshots(session: nox.Session) -> None:
+    """Build the site and take screenshots of the landing page and the generated API reference
+    in a real browser: headless Chromium (Debian's ``chromium`` package), into
+    docs/img/screenshots/."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        session.error("no chromium on PATH: apt-get install chromium")
+    session.install("-e", ".[docs]")
+    site = Path(session.create_tmp()) / "site"
+    session.run(
+        "mkdocs", "build", "--strict", "-q", "-d", str(site), env={"NO_MKDOCS_2_WARNING": "1"}
+    )
+    out = Path("docs/img/screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    for page, name in _SCREENSHOTS.items():
+        session.run(
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=8000",
+            "--window-size=1280,1000",
+            f"--screenshot={(out / name).resolve()}",
+            (site / page).resolve().as_uri(),
+            external=True,
+        )
 
 
 @nox.session
