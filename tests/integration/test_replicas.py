@@ -126,6 +126,12 @@ async def test_the_store_raises_replicas_missing_with_what_to_check(
             )  # fmt: skip
         assert isinstance(missing.value, StoreUnavailableError)  # transient: retried
         replica.resume()
+        # Wait until the resumed replica has caught up and acknowledges again (a write and a
+        # WAIT on one connection), so that the next WAIT counts it.
+        pipe = client.pipeline(transaction=False)
+        pipe.set(f"{name}:probe", 1)
+        pipe.execute_command("WAIT", 1, 10_000)
+        assert (await pipe.execute())[1] == 1
         two = RedisStore.for_config(client, fast_config(name, min_replicas=2))
         with pytest.raises(ReplicasMissingError, match="only 1 of min_replicas=2"):
             await two.acquire(
