@@ -50,6 +50,7 @@ def main() -> int:
     election = LeaderElection(url, ElectionConfig.from_env(name=name))
     stopping = threading.Event()
 
+    # --8<-- [start:threads]
     # Register before starting, so that a term won by the first attempt runs them too.
     @election.while_leader
     def leader_only_job(term_over: threading.Event) -> None:
@@ -73,6 +74,7 @@ def main() -> int:
                 seen = leading
             if stopping.wait(0.2):
                 return
+                # --8<-- [end:threads]
 
     # Also for SIGINT: a program started in the background by a shell script inherits it
     # ignored, and would then not stop on Ctrl-C.

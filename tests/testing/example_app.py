@@ -1,4 +1,4 @@
-"""The app that docs/testing.md tests (there it is ``myapp``): a FastAPI service whose report
+"""The app that docs/testing.md tests, included there by section: a FastAPI service whose report
 rebuild runs on the leader only. It is an ordinary app: nothing in it is there for the tests."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from leaderelection.fastapi import (
 )
 
 
+# --8<-- [start:app]
 def make_election() -> ElectionProtocol:
     config = ElectionConfig.from_env(name="reports")
     return LeaderElection(os.environ.get("REDIS_URL", "redis://localhost:6379/0"), config)
@@ -32,3 +33,4 @@ def create_app(election: Callable[[], ElectionProtocol] = make_election) -> Fast
         return {"rebuilt_with_token": token}
 
     return app
+    # --8<-- [end:app]

@@ -1,4 +1,4 @@
-"""The workers that docs/testing.md tests (there they are ``myworkers``): asyncio tasks and a
+"""The workers that docs/testing.md tests, included there by section: asyncio tasks and a
 thread that run only while their instance leads, one of them writing through a fence."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ class Reports(Protocol):
     async def rebuild(self, *, fencing_token: int) -> None: ...
 
 
+# --8<-- [start:rebuild]
 def rebuild_reports_while_leading(
     election: ElectionProtocol, reports: Reports, *, every: float = 60.0
 ) -> None:
@@ -24,8 +25,10 @@ def rebuild_reports_while_leading(
         while token is not None:  # cancelled when the term ends
             await reports.rebuild(fencing_token=token)
             await asyncio.sleep(every)
+            # --8<-- [end:rebuild]
 
 
+# --8<-- [start:purge]
 def purge_while_leading(
     election: SyncElectionProtocol, purge: Callable[[int], object], *, every: float = 60.0
 ) -> None:
@@ -35,8 +38,10 @@ def purge_while_leading(
         while token is not None and not term_over.is_set():
             purge(token)
             term_over.wait(every)  # wakes at once when the term ends
+            # --8<-- [end:purge]
 
 
+# --8<-- [start:count-runs]
 def count_runs_while_leading(election: ElectionProtocol, key: str, *, every: float = 60.0) -> None:
     @election.while_leader
     async def count_periodically() -> None:
@@ -47,3 +52,4 @@ def count_runs_while_leading(election: ElectionProtocol, key: str, *, every: flo
             if not await fence.hset(key, {"runs": runs, "token": fence.token}):
                 return  # refused: the term is over
             await asyncio.sleep(every)
+            # --8<-- [end:count-runs]

@@ -1,6 +1,6 @@
 """Tests of an app and of workers that use leaderelection, written as a user would write them:
-with the test doubles, without Redis and without sleeping. docs/testing.md quotes this file
-(``myapp`` and ``myworkers`` there are example_app.py and example_workers.py here)."""
+with the test doubles, without Redis and without sleeping. docs/testing.md includes the sections
+of this file between its snippet markers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+# --8<-- [start:imports]
 from leaderelection import ElectionConfig, LeaderElection
 from leaderelection.fastapi import get_election
 from leaderelection.testing import (
@@ -21,6 +22,8 @@ from leaderelection.testing import (
     FakeSyncLeaderElection,
     MemoryServer,
 )
+
+# --8<-- [end:imports]
 from tests.testing.example_app import create_app
 from tests.testing.example_workers import (
     count_runs_while_leading,
@@ -31,6 +34,7 @@ from tests.testing.example_workers import (
 # --------------------------------------------------------------------------- the double
 
 
+# --8<-- [start:a-term]
 async def test_a_term_of_the_double() -> None:
     election = FakeLeaderElection(ElectionConfig(name="reports"))
     async with election:  # started: a follower, since no one leads
@@ -38,18 +42,22 @@ async def test_a_term_of_the_double() -> None:
         assert election.is_leader and election.fencing_token == token
         await election.depose()  # the lease is lost: tasks cancelled, lose callbacks ran
         assert not election.is_leader
+        # --8<-- [end:a-term]
 
 
 # --------------------------------------------------------------------------- fixtures
 
 
+# --8<-- [start:fixture]
 @pytest.fixture
 async def election() -> AsyncIterator[FakeLeaderElection]:
     config = ElectionConfig(name="reports", instance_id="worker-1")
     async with FakeLeaderElection(config) as fake:  # started: a follower until elect()
         yield fake
+        # --8<-- [end:fixture]
 
 
+# --8<-- [start:client]
 @pytest.fixture
 async def client(election: FakeLeaderElection) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app()
@@ -57,11 +65,13 @@ async def client(election: FakeLeaderElection) -> AsyncIterator[httpx.AsyncClien
     transport = httpx.ASGITransport(app=app)  # no lifespan: no real election is made
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
+        # --8<-- [end:client]
 
 
 # -------------------------------------------------------------------------- the app
 
 
+# --8<-- [start:app-tests]
 async def test_a_follower_answers_503_naming_the_leader(
     election: FakeLeaderElection, client: httpx.AsyncClient
 ) -> None:
@@ -83,8 +93,10 @@ async def test_the_leader_rebuilds_with_its_fencing_token(
     await election.depose()  # the lease is lost
     response = await client.post("/reports/rebuild")
     assert response.status_code == 503
+    # --8<-- [end:app-tests]
 
 
+# --8<-- [start:lifespan]
 async def test_the_app_runs_the_election_in_its_lifespan() -> None:
     election = FakeLeaderElection(ElectionConfig(name="reports"), elect_on_start=True)
     app = create_app(election=lambda: election)
@@ -94,8 +106,10 @@ async def test_the_app_runs_the_election_in_its_lifespan() -> None:
             response = await client.get("/leader")
             assert response.json()["is_leader"] is True
     assert election.statistics().state == "stopped"  # the shutdown stopped it
+    # --8<-- [end:lifespan]
 
 
+# --8<-- [start:group]
 async def test_leadership_moves_to_the_other_worker() -> None:
     group = FakeElectionGroup()  # one election: one leader at most, one token counter
     a = FakeLeaderElection(ElectionConfig(name="reports", instance_id="a"), group=group)
@@ -108,11 +122,13 @@ async def test_leadership_moves_to_the_other_worker() -> None:
         assert group.leader is b
         assert second > first
         assert await a.get_leader_id() == "b"
+        # --8<-- [end:group]
 
 
 # ---------------------------------------------------------------------- the workers
 
 
+# --8<-- [start:reports]
 class RecordingReports:
     def __init__(self) -> None:
         self.tokens: list[int] = []
@@ -138,8 +154,10 @@ async def test_reports_are_rebuilt_only_while_leading(election: FakeLeaderElecti
     await asyncio.wait_for(reports.rebuilt.wait(), timeout=5)
     assert reports.tokens == [first, second]
     assert second > first
+    # --8<-- [end:reports]
 
 
+# --8<-- [start:purge]
 def test_the_purge_thread_runs_only_while_leading() -> None:
     purged: queue.Queue[int] = queue.Queue()
     election = FakeSyncLeaderElection(ElectionConfig(name="purge"))
@@ -149,11 +167,13 @@ def test_the_purge_thread_runs_only_while_leading() -> None:
         assert purged.get(timeout=5) == token
         election.resign()  # the thread was told to stop, and returned
     assert purged.empty()
+    # --8<-- [end:purge]
 
 
 # ------------------------------------------------------------------ the real election, faked time
 
 
+# --8<-- [start:fake-clock]
 async def test_a_follower_takes_over_when_the_leaders_store_hangs() -> None:
     clock = FakeClock()  # moves only when the test moves it
     server = MemoryServer(clock)  # the lease store's rules, in memory
@@ -171,11 +191,13 @@ async def test_a_follower_takes_over_when_the_leaders_store_hangs() -> None:
         assert stepped_down <= config.renew_deadline.total_seconds()
         server.hanging = False
         await clock.advance_until(lambda: b.is_leader or a.is_leader, limit=30)
+        # --8<-- [end:fake-clock]
 
 
 # ------------------------------------------------------------------------- fenced writes
 
 
+# --8<-- [start:fence]
 async def test_the_worker_writes_through_its_fence_only_while_it_leads() -> None:
     group = FakeElectionGroup()  # the fences of its members write into group.data
     a = FakeLeaderElection(ElectionConfig(name="reports", instance_id="a"), group=group)
@@ -192,3 +214,4 @@ async def test_the_worker_writes_through_its_fence_only_while_it_leads() -> None
         assert group.data["myapp:{reports}:runs"] == {"runs": "1", "token": str(first)}
         assert group.data["myapp:{reports}:owner"] == "b"
         assert second > first
+        # --8<-- [end:fence]
