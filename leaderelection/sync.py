@@ -154,7 +154,7 @@ class LeaderElection:
         "_limiter",
         "_lock",
         "_loop",
-        "_loop_thread_id",
+        "_loop_thread",
         "_on_error",
         "_originals",
         "_portal",
@@ -214,7 +214,9 @@ class LeaderElection:
         self._thread: threading.Thread | None = None
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread_id: int | None = None
+        # The loop's thread itself, not its ident: a finished thread's ident can be reused by a
+        # new thread, which would then be taken for the loop's.
+        self._loop_thread: threading.Thread | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._client: Any = None  # a client the factory made, closed at stop
         self._stop_future: concurrent.futures.Future[None] | None = None
@@ -660,7 +662,7 @@ class LeaderElection:
         self._thread = self._portal = self._stop_future = None
 
     def _refuse_on_loop_thread(self, what: str) -> None:
-        if self._loop_thread_id == threading.get_ident():
+        if self._loop_thread is threading.current_thread():
             raise LeaderElectionError(
                 f"{what} blocks, and cannot be called on the election's own event loop thread "
                 "(from on_error, or from async code running on async_election's loop): it "
@@ -719,7 +721,7 @@ class LeaderElection:
             if election is None or self._state not in ("starting", "running"):
                 return  # start() registers it, or the election is over
             add = _adder(election, kind)
-            if threading.get_ident() == self._loop_thread_id or self._loop is None:
+            if threading.current_thread() is self._loop_thread or self._loop is None:
                 add(wrapper)
             else:
                 # In a task of the loop (a while_leader started mid-term needs one), without
@@ -803,7 +805,7 @@ class LeaderElection:
     # ---------------------------------------------------------------- on the loop thread
 
     async def _start_on_loop(self) -> None:
-        self._loop_thread_id = threading.get_ident()
+        self._loop_thread = threading.current_thread()
         self._loop = asyncio.get_running_loop()
         # Every while_leader function needs a thread for its whole term: none may queue.
         self._limiter = anyio.CapacityLimiter(math.inf)

@@ -144,6 +144,38 @@ def test_start_returns_after_the_first_attempt_and_stop_hands_over(
     assert not loop_threads(config.name)
 
 
+def test_a_thread_reusing_the_finished_loop_threads_ident_is_not_taken_for_the_loop(
+    config: ElectionConfig,
+) -> None:
+    # A finished thread's ident is given to the next new thread (glibc reuses the stack): the
+    # election must recognise its loop thread by the thread itself, or a stop() from a new
+    # thread after the loop ended would be refused as if it ran on the loop.
+    election = LeaderElection("redis://127.0.0.1:1/0", config)
+    loop_thread = threading.Thread(target=lambda: None)
+    loop_thread.start()
+    loop_thread.join()
+    election._loop_thread = loop_thread
+    seen: list[tuple[int, BaseException | None]] = []
+
+    def call() -> None:
+        try:
+            election._refuse_on_loop_thread("stop()")
+        except BaseException as exc:  # noqa: BLE001 (recorded for the assertion)
+            seen.append((threading.get_ident(), exc))
+        else:
+            seen.append((threading.get_ident(), None))
+
+    later = threading.Thread(target=call)
+    later.start()
+    later.join()
+    ident, error = seen[0]
+    assert ident == loop_thread.ident  # the case at hand: the ident was reused
+    assert error is None
+    election._loop_thread = threading.current_thread()  # and the loop's own thread is refused
+    with pytest.raises(LeaderElectionError, match="own event loop thread"):
+        election._refuse_on_loop_thread("stop()")
+
+
 def test_context_manager_and_lifecycle_errors(
     fake: Callable[[], Any], config: ElectionConfig
 ) -> None:
