@@ -160,7 +160,7 @@ def test_a_thread_reusing_the_finished_loop_threads_ident_is_not_taken_for_the_l
     def call() -> None:
         try:
             election._refuse_on_loop_thread("stop()")
-        except BaseException as exc:  # noqa: BLE001 (recorded for the assertion)
+        except BaseException as exc:  # recorded for the assertion
             seen.append((threading.get_ident(), exc))
         else:
             seen.append((threading.get_ident(), None))
