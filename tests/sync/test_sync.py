@@ -168,8 +168,10 @@ def test_a_thread_reusing_the_finished_loop_threads_ident_is_not_taken_for_the_l
     later = threading.Thread(target=call)
     later.start()
     later.join()
-    ident, error = seen[0]
-    assert ident == loop_thread.ident  # the case at hand: the ident was reused
+    # Alone in a process the new thread gets the finished thread's ident (glibc reuses the
+    # stack), which the check by ident took for the loop; amid other threads it may not, and the
+    # thread must be let through all the same.
+    _ident, error = seen[0]
     assert error is None
     election._loop_thread = threading.current_thread()  # and the loop's own thread is refused
     with pytest.raises(LeaderElectionError, match="own event loop thread"):
