@@ -753,6 +753,25 @@ HERD_IDLE_S = 2.0  # window for Redis's idle CPU, subtracted from the handoffs' 
 HERD_TIMINGS = {"lock_ttl": 10, "heartbeat_interval": 3, "retry_interval": 0.05}
 
 
+def no_more_terms(workers: list[Worker], what: str) -> None:
+    """Raise if any of ``workers`` reported a term that was not waited for."""
+    extra = 0
+    for worker in workers:
+        worker.pump()
+        while worker.take("leader") is not None:
+            extra += 1
+    if extra:
+        raise RuntimeError(f"{extra} terms began {what}")
+
+
+def stop_all(workers: list[Worker]) -> None:
+    """Stop ``workers`` and wait until each has stopped."""
+    for worker in workers:
+        worker.send("stop")
+    for worker in workers:
+        worker.expect("stopped", 30)
+
+
 def bench_herd_one(
     ctx: ForkServerContext, server: RedisServer, followers: int, handoffs: int
 ) -> dict[str, Any]:
@@ -810,17 +829,8 @@ def bench_herd_one(
         for worker in workers:
             worker.send("report")
         reports1 = [w.expect("counters") for w in workers]
-        extra_terms = 0
-        for worker in workers:
-            worker.pump()
-            while worker.take("leader") is not None:
-                extra_terms += 1
-        if extra_terms:
-            raise RuntimeError(f"{extra_terms} terms began that no handoff accounts for")
-        for worker in workers:
-            worker.send("stop")
-        for worker in workers:
-            worker.expect("stopped", 30)
+        no_more_terms(workers, "that no handoff accounts for")
+        stop_all(workers)
     finally:
         for worker in workers:
             worker.kill()
@@ -1149,17 +1159,8 @@ def herd_crash_once(
         became = message[1]
         time.sleep(0.3)  # the herd's attempts after the expiry have all come back
         delta = stats_delta(stats0, commandstats(sync))
-        extra = 0
-        for worker in herd:
-            worker.pump()
-            while worker.take("leader") is not None:
-                extra += 1
-        if extra:
-            raise RuntimeError(f"{extra} more terms began after the crash failover")
-        for worker in herd:
-            worker.send("stop")
-        for worker in herd:
-            worker.expect("stopped", 30)
+        no_more_terms(herd, "after the crash failover")
+        stop_all(herd)
     finally:
         for worker in workers:
             worker.kill()
