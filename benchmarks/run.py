@@ -428,6 +428,22 @@ def figure_handoff(report: Report) -> None:
 # ---------------------------------------------------------------------- 4. crash failover
 
 
+def kill_and_read_expiry(leader: Worker, sync: Any, lock_key: str) -> tuple[float, float, int]:
+    """SIGKILL ``leader``; return when it was killed, when its lease expires (monotonic) and the
+    PTTL read. The lease is read only once the process is reaped: a renewal it sent just before
+    the kill can still land after a PTTL read taken before it, moving the expiry by one
+    heartbeat."""
+    os.kill(leader.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    leader.proc.join(5)
+    t_before = time.monotonic()
+    pttl = int(sync.pttl(lock_key))
+    t_after = time.monotonic()
+    if pttl < 0:
+        raise RuntimeError(f"no lease to expire (PTTL {pttl}) after the kill")
+    return killed_at, (t_before + t_after) / 2 + pttl / 1000, pttl
+
+
 def bench_failover(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> dict[str, Any]:
     """SIGKILL the leader; time from its lease's expiry to a follower's ``leader_event``."""
     followers = 3
@@ -458,18 +474,7 @@ def bench_failover(ctx: ForkServerContext, server: RedisServer, plan: Plan) -> d
             time.sleep(rng.uniform(0.3, 0.7))  # a random phase against the heartbeat
             before_kill = time.monotonic()
             pttl_before = int(sync.pttl(lock_key))
-            os.kill(leader.pid, signal.SIGKILL)
-            killed_at = time.monotonic()
-            # Read the lease only once the process is reaped: a renewal it sent just before the
-            # kill can still land after a PTTL read taken before it, moving the expiry by one
-            # heartbeat.
-            leader.proc.join(5)
-            t_before = time.monotonic()
-            pttl = int(sync.pttl(lock_key))
-            t_after = time.monotonic()
-            if pttl < 0:
-                raise RuntimeError(f"no lease to expire (PTTL {pttl}) after the kill")
-            expiry = (t_before + t_after) / 2 + pttl / 1000
+            killed_at, expiry, pttl = kill_and_read_expiry(leader, sync, lock_key)
             renewed += expiry > before_kill + pttl_before / 1000 + 0.005
             others = [w for w in workers if w is not leader]
             new_leader, message = expect_any(others, "leader", 10)
@@ -1143,15 +1148,7 @@ def herd_crash_once(
         # Past one lease: every follower has found the lock held at least once more and sleeps
         # until the lease it saw can have expired; then a random phase against the heartbeat.
         time.sleep(fields["lock_ttl"] + random.Random(seed).uniform(0.1, 0.3))
-        os.kill(leader.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        leader.proc.join(5)
-        t_before = time.monotonic()
-        pttl = int(sync.pttl(lock_key))
-        t_after = time.monotonic()
-        if pttl < 0:
-            raise RuntimeError(f"no lease to expire (PTTL {pttl}) after the kill")
-        expiry = (t_before + t_after) / 2 + pttl / 1000
+        killed_at, expiry, _ = kill_and_read_expiry(leader, sync, lock_key)
         # The herd's traffic at the expiry, not the followers' regular looks before it.
         time.sleep(max(expiry - 0.002 - time.monotonic(), 0.0))
         stats0 = commandstats(sync)
